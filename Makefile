@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make lab` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: lab test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+## make lab: create .venv, install, open JupyterLab on the first lab
+lab: $(STAMP)
+	$(BIN)/jupyter lab labs/00-welcome.ipynb
+
+## make test: create .venv, install the test extras, run every test (nbval included)
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider labs
+
+## make bench: speed figures as JSON, ratios against bare unicorn measured in the same run
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,523 @@
+"""One AArch64 vCPU on unicorn: registers, exception entry, EL switch, sysreg traps.
+
+This is the only module that imports unicorn. Everything above it sees a
+``Vcpu`` that speaks plain Python types and returns an ``Exit`` from ``run``.
+The vCPU knows nothing of SDEI or APF: it reports why it stopped and lets the
+host decide.
+
+Unicorn quirks handled here, once (PROTOCOLS.md section 6):
+- HVC is undefined unless SCR_EL3.HCE is set.
+- There is no exception vectoring: SVC/HVC/BRK/undefined reach ``UC_HOOK_INTR``
+  and the host builds ESR/ELR/SPSR/FAR and enters VBAR_EL1 + offset itself.
+- Writing PSTATE does not switch EL by itself; a CP register write refreshes
+  the CPU's cached flags, and the banked stack pointers must be swapped by hand.
+- A Python exception in a hook would be swallowed: hooks store it, ``run``
+  re-raises it.
+- Sysreg hooks for registers the CPU model lacks must step PC themselves.
+- There is no instruction counter in the API. ``emu_start(count=N)`` keeps one
+  in the engine (``uc->emu_counter``); ``_InsnCounter`` finds where and reads it,
+  after proving on a calibration program that the reading is exact.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable
+
+from unicorn import (UC_ARCH_ARM64, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCEPTION, UC_HOOK_CODE, UC_HOOK_INSN,
+                     UC_HOOK_INTR, UC_HOOK_TLB_FILL, UC_MEM_FETCH, UC_MEM_WRITE,
+                     UC_MODE_ARM, UC_PROT_ALL, UC_TLB_VIRTUAL, Uc, UcError)
+from unicorn import arm64_const as A
+
+from .asm import disassemble_one
+from .errors import HookError, InvariantError
+
+PAGE_SIZE = 4096
+PAGE_MASK = ~(PAGE_SIZE - 1)
+
+# PSTATE fields (Arm ARM D1.4 / C5.2.18 SPSR_EL1).
+PSTATE_M_MASK = 0xF
+MODE_EL0T = 0b0000
+MODE_EL1T = 0b0100
+MODE_EL1H = 0b0101
+PSTATE_DAIF = 0x3C0
+PSTATE_I = 1 << 7
+PSTATE_EL1H_MASKED = MODE_EL1H | PSTATE_DAIF  # 0x3c5: how exception entry leaves PSTATE
+
+# Vector table offsets from VBAR_EL1 (Arm ARM D1.10.2, table D1-7).
+VEC_CURRENT_SP0 = 0x000
+VEC_CURRENT_SPX = 0x200
+VEC_LOWER_A64 = 0x400
+VEC_SYNC, VEC_IRQ, VEC_FIQ, VEC_SERROR = 0x000, 0x080, 0x100, 0x180
+
+# ESR_EL1 exception classes used here (Arm ARM D17.2.37).
+EC_UNKNOWN = 0x00
+EC_WFX = 0x01
+EC_SVC64 = 0x15
+EC_HVC64 = 0x16
+EC_IABT_LOW, EC_IABT_CUR = 0x20, 0x21
+EC_DABT_LOW, EC_DABT_CUR = 0x24, 0x25
+EC_BRK64 = 0x3C
+ESR_IL = 1 << 25
+
+EC_NAMES = {
+    EC_UNKNOWN: "unknown reason (undefined instruction)", EC_WFX: "WFI/WFE",
+    EC_SVC64: "SVC from AArch64", EC_HVC64: "HVC from AArch64",
+    EC_IABT_LOW: "instruction abort from a lower EL", EC_IABT_CUR: "instruction abort from the current EL",
+    EC_DABT_LOW: "data abort from a lower EL", EC_DABT_CUR: "data abort from the current EL",
+    EC_BRK64: "BRK from AArch64",
+}
+
+# unicorn's UC_HOOK_INTR numbers for AArch64 (QEMU's EXCP_* values).
+_INTNO_UDEF, _INTNO_SWI, _INTNO_BKPT, _INTNO_HVC, _INTNO_SMC = 1, 2, 7, 11, 13
+
+# Named registers a caller may read or write (lower-case names, as in the Arm ARM).
+_GPRS = {f"x{i}": A.UC_ARM64_REG_X0 + i for i in range(29)}
+_GPRS.update({"x29": A.UC_ARM64_REG_X29, "x30": A.UC_ARM64_REG_X30, "fp": A.UC_ARM64_REG_X29,
+              "lr": A.UC_ARM64_REG_X30, "sp": A.UC_ARM64_REG_SP, "pc": A.UC_ARM64_REG_PC,
+              "pstate": A.UC_ARM64_REG_PSTATE, "nzcv": A.UC_ARM64_REG_NZCV})
+_SYSREGS = {
+    "elr_el1": A.UC_ARM64_REG_ELR_EL1, "spsr_el1": (3, 0, 4, 0, 0),
+    "sctlr_el1": (3, 0, 1, 0, 0), "cntkctl_el1": (3, 0, 14, 1, 0),
+    "esr_el1": A.UC_ARM64_REG_ESR_EL1, "far_el1": A.UC_ARM64_REG_FAR_EL1,
+    "vbar_el1": A.UC_ARM64_REG_VBAR_EL1, "sp_el0": A.UC_ARM64_REG_SP_EL0,
+    "sp_el1": A.UC_ARM64_REG_SP_EL1, "tpidr_el0": A.UC_ARM64_REG_TPIDR_EL0,
+    "tpidr_el1": A.UC_ARM64_REG_TPIDR_EL1, "tpidrro_el0": A.UC_ARM64_REG_TPIDRRO_EL0,
+    "mair_el1": A.UC_ARM64_REG_MAIR_EL1, "ttbr0_el1": A.UC_ARM64_REG_TTBR0_EL1,
+    "ttbr1_el1": A.UC_ARM64_REG_TTBR1_EL1,
+}
+REG_NAMES = tuple(_GPRS) + tuple(_SYSREGS)
+
+_TPIDR_EL0 = (3, 3, 13, 0, 2)
+
+# System registers by (op0, op1, CRn, CRm, op2), for the trap table.
+SysregKey = tuple[int, int, int, int, int]
+
+
+class ExitKind(Enum):
+    """Why ``Vcpu.run`` returned: the host's run loop switches on this."""
+    SLICE_END = "slice_end"        # the instruction budget of the slice ran out
+    HVC = "hvc"                    # hypercall; PC is past the hvc
+    SMC = "smc"
+    SVC = "svc"                    # PC is past the svc
+    BRK = "brk"                    # PC is on the brk
+    UNDEF = "undef"                # PC is on the undefined instruction
+    WFI = "wfi"                    # PC is past the wfi
+    STAGE2_ABORT = "stage2_abort"  # PC is on the faulting instruction, nothing of it retired
+    SYSREG = "sysreg"              # a trapped MRS/MSR was emulated; PC is past it
+
+
+@dataclass
+class Exit:
+    kind: ExitKind
+    retired: int                   # instructions retired in this run
+    pc: int
+    imm: int | None = None         # hvc/svc/brk immediate
+    ipa: int | None = None         # stage-2 abort address
+    access: str | None = None      # "read" / "write" / "fetch"
+    segments: list[tuple[int, int]] = field(default_factory=list)  # (retired_at, new_el) EL changes inside the run
+
+
+class _InsnCounter:
+    """Reads unicorn's internal count of instructions executed by ``emu_start``.
+
+    With ``count=N`` the engine counts in ``uc->emu_counter`` (incremented
+    before each instruction) next to ``uc->emu_count`` (= N). The struct is
+    private, so the offset is found by scanning for two known runs and then
+    proved on a calibration program; ``Vcpu`` refuses to start otherwise.
+    """
+
+    _offset: int | None = None
+    SCAN_BYTES = 4096
+
+    @classmethod
+    def offset(cls) -> int:
+        if cls._offset is None:
+            cls._offset = cls._calibrate()
+        return cls._offset
+
+    @classmethod
+    def _calibrate(cls) -> int:
+        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        base = 0x1000_0000
+        uc.mem_map(base, 0x1000)
+        nop, brk = 0xD503201F, 0xD4200000
+        uc.mem_write(base, struct.pack("<40I", *([nop] * 39 + [brk])))
+        uc.hook_add(UC_HOOK_INTR, lambda u, n, d: u.emu_stop())
+        handle = uc._uch.value  # private, read-only use
+        candidates = None
+        for count in (7, 13):
+            uc.emu_start(base, 1, count=count)
+            buf = ctypes.string_at(handle, cls.SCAN_BYTES)
+            found = {off - 8 for off in range(8, cls.SCAN_BYTES - 8, 8)
+                     if struct.unpack_from("<QQ", buf, off - 8) == (count + 1, count)}
+            candidates = found if candidates is None else candidates & found
+        if not candidates or len(candidates) != 1:
+            raise InvariantError("cannot locate unicorn's instruction counter; "
+                                 "this unicorn build is not supported")
+        off = candidates.pop()
+        # Proof: 39 nops then brk stops early with the brk counted.
+        uc.emu_start(base, 1, count=1000)
+        got = struct.unpack("<Q", ctypes.string_at(handle + off, 8))[0]
+        if got != 40:
+            raise InvariantError(f"unicorn instruction counter calibration failed ({got} != 40)")
+        return off
+
+
+class Vcpu:
+    """A single AArch64 vCPU with guest RAM at ``ram_base``.
+
+    ``ram`` is an anonymous mmap the engine executes from directly, so the
+    stage-2 owner can move page bytes in and out and release host memory.
+    """
+
+    def __init__(self, ram_base: int, ram_size: int):
+        if ram_base % PAGE_SIZE or ram_size % PAGE_SIZE or ram_size <= 0:
+            raise InvariantError("guest RAM must be whole pages")
+        self.ram_base = ram_base
+        self.ram_size = ram_size
+        self.ram = mmap.mmap(-1, ram_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._uc = uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        # Quirk: the engine's page is 1 KiB unless set before anything else;
+        # TLB entries are in engine pages, stage-2 is in 4 KiB pages.
+        uc.ctl_set_page_size(PAGE_SIZE)
+        self._ram_ptr = ctypes.c_char.from_buffer(self.ram)
+        uc.mem_map_ptr(ram_base, ram_size, UC_PROT_ALL, ctypes.addressof(self._ram_ptr))
+        # Quirk: HVC is UNDEFINED unless SCR_EL3.HCE (bit 8) is set.
+        uc.cpr_write(3, 6, 1, 1, 0, uc.cpr_read(3, 6, 1, 1, 0) | 1 << 8)
+        # Python owns translation: a natural stage-2 (guest MMU off, IPA == VA).
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        # Quirk: emu_start's `until` address is translated on every start (a
+        # fetch fill of its page). An empty exit list replaces it: the vCPU stops
+        # only for the reasons ``run`` reports.
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
+        self._counter_addr = uc._uch.value + _InsnCounter.offset()
+
+        # Callbacks set by the host.
+        self.is_mapped: Callable[[int], bool] = lambda ipa: True
+        self.on_tlb_fill: Callable[[int], None] | None = None
+        self.sysreg_read: dict[SysregKey, Callable[[], int]] = {}
+        self.sysreg_write: dict[SysregKey, Callable[[int], None]] = {}
+        self.clock_at_retired: Callable[[int], None] = lambda retired: None
+
+        self._hook_error: BaseException | None = None
+        self._stop: Exit | None = None
+        self._abort: tuple[int, str] | None = None
+        self._el_changes: list[tuple[int, int]] = []
+        self._eret_hooks: dict[int, int] = {}
+        self._sysreg = None
+        self._done_before = 0
+
+        uc.hook_add(UC_HOOK_TLB_FILL, self._tlb_fill)
+        uc.hook_add(UC_HOOK_INTR, self._intr)
+        uc.hook_add(UC_HOOK_INSN, self._mrs, None, 1, 0, A.UC_ARM64_INS_MRS)
+        uc.hook_add(UC_HOOK_INSN, self._msr, None, 1, 0, A.UC_ARM64_INS_MSR)
+
+    # ------------------------------------------------------------------ registers
+    def _read_id(self, rid) -> int:
+        # Registers unicorn has no constant for (SPSR_EL1, SCTLR_EL1) go by encoding.
+        if isinstance(rid, tuple):
+            return self._uc.cpr_read(*rid)
+        return self._uc.reg_read(rid)
+
+    def _write_id(self, rid, value: int) -> None:
+        if isinstance(rid, tuple):
+            self._uc.cpr_write(*rid, value)
+        else:
+            self._uc.reg_write(rid, value)
+
+    def reg(self, name: str) -> int:
+        name = name.lower()
+        if name in ("sp_el0", "sp_el1") and self._live_sp_name() == name:
+            return self._uc.reg_read(A.UC_ARM64_REG_SP)
+        rid = _GPRS.get(name) or _SYSREGS.get(name)
+        if rid is None:
+            raise KeyError(f"unknown register {name!r}; known: {', '.join(REG_NAMES)}")
+        return self._read_id(rid)
+
+    def set_reg(self, name: str, value: int) -> None:
+        name = name.lower()
+        value &= (1 << 64) - 1
+        if name == "pstate":
+            self.set_pstate(value)
+            return
+        if name in ("sp_el0", "sp_el1") and self._live_sp_name() == name:
+            self._uc.reg_write(A.UC_ARM64_REG_SP, value)
+            return
+        rid = _GPRS.get(name) or _SYSREGS.get(name)
+        if rid is None:
+            raise KeyError(f"unknown register {name!r}; known: {', '.join(REG_NAMES)}")
+        self._write_id(rid, value)
+
+    def x(self, i: int) -> int:
+        return self._uc.reg_read(A.UC_ARM64_REG_X0 + i if i < 29 else _GPRS[f"x{i}"])
+
+    def set_x(self, i: int, value: int) -> None:
+        self._uc.reg_write(A.UC_ARM64_REG_X0 + i if i < 29 else _GPRS[f"x{i}"], value & (1 << 64) - 1)
+
+    @property
+    def pc(self) -> int:
+        return self._uc.reg_read(A.UC_ARM64_REG_PC)
+
+    @pc.setter
+    def pc(self, value: int) -> None:
+        self._uc.reg_write(A.UC_ARM64_REG_PC, value)
+
+    @property
+    def pstate(self) -> int:
+        return self._uc.reg_read(A.UC_ARM64_REG_PSTATE)
+
+    @property
+    def el(self) -> int:
+        return (self.pstate >> 2) & 3
+
+    def _live_sp_name(self) -> str:
+        mode = self.pstate & PSTATE_M_MASK
+        return "sp_el1" if mode == MODE_EL1H else "sp_el0"
+
+    def set_pstate(self, value: int) -> None:
+        """Write PSTATE, switching EL and banked SP the way an exception would.
+
+        Quirk: unicorn keeps the live SP in one register and the banks apart;
+        a PSTATE write swaps neither and leaves the cached EL flags stale.
+        """
+        uc = self._uc
+        old_bank = self._live_sp_name()
+        sp = uc.reg_read(A.UC_ARM64_REG_SP)
+        uc.reg_write(_SYSREGS[old_bank], sp)
+        uc.reg_write(A.UC_ARM64_REG_PSTATE, value)
+        new_bank = self._live_sp_name()
+        uc.reg_write(A.UC_ARM64_REG_SP, uc.reg_read(_SYSREGS[new_bank]))
+        # Any CP register write rebuilds the cached hflags (EL, SP select).
+        uc.cpr_write(*_TPIDR_EL0, uc.cpr_read(*_TPIDR_EL0))
+
+    def regs(self) -> dict[str, int]:
+        """A plain snapshot of every named register (for widgets and traces)."""
+        out = {f"x{i}": self.x(i) for i in range(31)}
+        out.update(sp=self.reg("sp"), pc=self.pc, pstate=self.pstate)
+        for name in _SYSREGS:
+            out[name] = self.reg(name)
+        return out
+
+    # ------------------------------------------------------------------ memory
+    def read(self, addr: int, size: int) -> bytes:
+        off = addr - self.ram_base
+        if off < 0 or off + size > self.ram_size:
+            raise IndexError(f"[{addr:#x}, +{size:#x}) is outside guest RAM")
+        return self.ram[off:off + size]
+
+    def write(self, addr: int, data: bytes) -> None:
+        off = addr - self.ram_base
+        if off < 0 or off + len(data) > self.ram_size:
+            raise IndexError(f"[{addr:#x}, +{len(data):#x}) is outside guest RAM")
+        self.ram[off:off + len(data)] = data
+
+    def flush_tlb(self) -> None:
+        """Drop every cached translation (after stage-2 unmapped a page)."""
+        self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def disasm_at(self, addr: int) -> str:
+        try:
+            return disassemble_one(self.read(addr, 4), addr)
+        except IndexError:
+            return "<not in guest RAM>"
+
+    def insn_word(self, addr: int) -> int:
+        return struct.unpack("<I", self.read(addr, 4))[0]
+
+    # ------------------------------------------------------------------ exceptions
+    def vector_base(self, target_from_lower: bool) -> int:
+        if target_from_lower:
+            return VEC_LOWER_A64
+        return VEC_CURRENT_SPX if (self.pstate & 1) else VEC_CURRENT_SP0
+
+    def take_exception(self, kind: int, return_pc: int, esr: int | None = None,
+                       far: int | None = None) -> int:
+        """Enter EL1 as the architecture does (Arm ARM D1.10): returns the vector PC.
+
+        ``kind`` is VEC_SYNC/VEC_IRQ/...; ESR is written for synchronous
+        exceptions only, FAR for aborts.
+        """
+        pstate = self.pstate
+        from_lower = ((pstate >> 2) & 3) == 0
+        vector = self.reg("vbar_el1") + self.vector_base(from_lower) + kind
+        uc = self._uc
+        uc.reg_write(A.UC_ARM64_REG_ELR_EL1, return_pc)
+        uc.cpr_write(*_SYSREGS["spsr_el1"], pstate & 0xFFFFFFFF)
+        if esr is not None:
+            uc.reg_write(A.UC_ARM64_REG_ESR_EL1, esr)
+        if far is not None:
+            uc.reg_write(A.UC_ARM64_REG_FAR_EL1, far)
+        self.set_pstate((pstate & ~0xFFFFFFFF) | (pstate & 0xF0000000) | PSTATE_EL1H_MASKED)
+        self.pc = vector
+        return vector
+
+    def enter(self, pc: int, pstate: int) -> None:
+        """Set PSTATE then PC: used by SDEI dispatch and completion."""
+        self.set_pstate(pstate)
+        self.pc = pc
+
+    # ------------------------------------------------------------------ running
+    def mark_erets(self, addrs: list[int]) -> None:
+        """Watch these eret instructions so EL changes inside a run are timed.
+
+        A code hook limited to one address costs nothing elsewhere.
+        """
+        for addr in addrs:
+            if addr not in self._eret_hooks:
+                self._eret_hooks[addr] = self._uc.hook_add(UC_HOOK_CODE, self._eret_seen, None, addr, addr + 3)
+
+    def _counter(self) -> int:
+        return struct.unpack("<Q", ctypes.string_at(self._counter_addr, 8))[0]
+
+    def run(self, count: int) -> Exit:
+        """Run at most ``count`` instructions from PC; report why it stopped.
+
+        A trapped system register (GIC, timer) is emulated before returning
+        ``SYSREG``: the host's handler runs with the clock at that instruction,
+        and the host loop looks again at interrupts it may have changed.
+        """
+        if count <= 0:
+            raise InvariantError("a run slice needs a positive instruction count")
+        self._el_changes = []
+        ex = self._run_once(count, 0)
+        ex.segments = self._el_changes
+        return ex
+
+    def _run_once(self, count: int, done_before: int) -> Exit:
+        self._hook_error = None
+        self._stop = None
+        self._abort = None
+        self._sysreg = None
+        self._done_before = done_before
+        try:
+            self._uc.emu_start(self.pc, 0, count=count)   # `until` unused: exits are on
+            err = None
+        except UcError as e:
+            err = e
+        if self._hook_error is not None:
+            exc = self._hook_error
+            self._hook_error = None
+            raise HookError(f"error inside a vCPU hook at pc={self.pc:#x}: {exc!r}") from exc
+        counter = self._counter()
+        if err is not None:
+            if err.errno == UC_ERR_EXCEPTION and self._abort is not None:
+                ipa, access = self._abort
+                # The counter includes the faulting instruction, which did not retire.
+                return Exit(ExitKind.STAGE2_ABORT, counter - 1, self.pc, ipa=ipa, access=access)
+            raise InvariantError(f"unicorn stopped with {err} at pc={self.pc:#x}")
+        if self._sysreg is not None:
+            return self._finish_sysreg(counter)
+        if self._stop is not None:
+            stop = self._stop
+            stop.retired = counter
+            return stop
+        if counter == count + 1:
+            return Exit(ExitKind.SLICE_END, count, self.pc)
+        # Only wfi ends emu_start early on its own; PC is already past it.
+        if self.insn_word(self.pc - 4) != 0xD503207F:
+            raise InvariantError(f"vCPU stopped early for no known reason at pc={self.pc:#x}")
+        return Exit(ExitKind.WFI, counter, self.pc)
+
+    def _finish_sysreg(self, counter: int) -> Exit:
+        """Emulate the trapped MRS/MSR the hook stopped on, then step past it.
+
+        Quirk: for a register the CPU model implements, the engine has already
+        stepped PC and counted the next instruction's hook; for one it lacks
+        (ICC_*), PC is still on the instruction. Either way the sysreg
+        instruction itself retires here.
+        """
+        key, is_write, value, reg_id, insn_pc = self._sysreg
+        stepped = self.pc != insn_pc
+        retired = counter - 1 + (0 if stepped else 1)
+        self.clock_at_retired(self._done_before + retired - 1)
+        if is_write:
+            self.sysreg_write[key](value)
+        else:
+            self._uc.reg_write(reg_id, self.sysreg_read[key]() & (1 << 64) - 1)
+        self.pc = insn_pc + 4
+        return Exit(ExitKind.SYSREG, retired, self.pc)
+
+    # ------------------------------------------------------------------ hooks
+    def _tlb_fill(self, uc, vaddr, access, entry, _ud):
+        try:
+            if self.is_mapped(vaddr):
+                entry.paddr = vaddr & PAGE_MASK
+                entry.perms = UC_PROT_ALL
+                if self.on_tlb_fill is not None:
+                    self.on_tlb_fill(vaddr)
+                return True
+            if self._abort is None:   # only the first refusal is the guest's access
+                kind = "fetch" if access == UC_MEM_FETCH else "write" if access == UC_MEM_WRITE else "read"
+                self._abort = (vaddr, kind)
+            return False
+        except BaseException as e:  # never let unicorn swallow it
+            self._hook_error = e
+            uc.emu_stop()
+            return False
+
+    def _intr(self, uc, intno, _ud):
+        try:
+            pc = uc.reg_read(A.UC_ARM64_REG_PC)
+            if intno in (_INTNO_HVC, _INTNO_SWI, _INTNO_SMC):
+                imm = (self.insn_word(pc - 4) >> 5) & 0xFFFF
+                kind = {_INTNO_HVC: ExitKind.HVC, _INTNO_SWI: ExitKind.SVC, _INTNO_SMC: ExitKind.SMC}[intno]
+                self._stop = Exit(kind, 0, pc, imm=imm)
+            elif intno == _INTNO_BKPT:
+                self._stop = Exit(ExitKind.BRK, 0, pc, imm=(self.insn_word(pc) >> 5) & 0xFFFF)
+            elif intno == _INTNO_UDEF:
+                self._stop = Exit(ExitKind.UNDEF, 0, pc)
+            else:
+                raise InvariantError(f"unexpected unicorn interrupt {intno} at pc={pc:#x}")
+        except BaseException as e:
+            self._hook_error = e
+        uc.emu_stop()
+
+    def _eret_seen(self, uc, address, size, _ud):
+        # Runs before the eret executes: instructions so far (this one included)
+        # ran at EL1; what follows runs at the EL in SPSR_EL1.
+        spsr = uc.cpr_read(*_SYSREGS["spsr_el1"])
+        self._el_changes.append((self._done_before + self._counter(), (spsr >> 2) & 3))
+
+    def _sys(self, cp, reg_id: int, is_write: bool) -> int:
+        key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+        if key not in (self.sysreg_write if is_write else self.sysreg_read):
+            return 0  # not ours: the CPU model executes it
+        # Stop here; ``_finish_sysreg`` emulates it with the clock at this instruction.
+        self._sysreg = (key, is_write, cp.val, reg_id, self._uc.reg_read(A.UC_ARM64_REG_PC))
+        self._uc.emu_stop()
+        return 1
+
+    def _mrs(self, uc, reg, cp, _ud):
+        try:
+            return self._sys(cp, reg, False)
+        except BaseException as e:
+            self._hook_error = e
+            uc.emu_stop()
+            return 1
+
+    def _msr(self, uc, reg, cp, _ud):
+        try:
+            return self._sys(cp, reg, True)
+        except BaseException as e:
+            self._hook_error = e
+            uc.emu_stop()
+            return 1
+
+
+def decode_esr(esr: int) -> str:
+    """ESR_EL1 in words, for error messages (Arm ARM D17.2.37)."""
+    ec = (esr >> 26) & 0x3F
+    iss = esr & 0x1FFFFFF
+    name = EC_NAMES.get(ec, f"EC {ec:#x}")
+    text = f"ESR={esr:#x} (EC={ec:#x}: {name}"
+    if ec in (EC_SVC64, EC_HVC64, EC_BRK64):
+        text += f", imm={iss & 0xFFFF:#x}"
+    if ec in (EC_DABT_LOW, EC_DABT_CUR):
+        text += ", write" if iss & (1 << 6) else ", read"
+    return text + ")"

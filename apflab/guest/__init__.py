@@ -1,0 +1,380 @@
+"""The guest: an AArch64 mini-kernel with an SDEI + async-page-fault client, and its workloads.
+
+``build_source`` glues ``kernel.S`` + ``workloads.S`` + a generated configuration
+(task table, parameter blocks) into one assembly source for ``Machine.load_asm``::
+
+    from apflab import Machine
+    from apflab import guest
+
+    tasks = [guest.memtouch(npages=64, rounds=3), guest.compute(iters=200)]
+    src = guest.build_source(tasks, tick_ns=100_000)
+    m = Machine(seed=0, memory_limit=48 * 4096)
+    syms = m.load_asm(src)
+    guest.pin_kernel(m, syms)           # the kernel's pages never leave RAM
+    guest.attach(m, syms)               # the host attributes time to current_task
+    m.run(max_instructions=20_000_000)  # until the kernel's brk #0
+    state = guest.read_kernel_state(m, syms)
+
+Memory map (guest RAM starts at 0x4000_0000; the image is loaded there)::
+
+    0x4000_0000  vectors (2 KiB), kernel text, workload text
+                 kernel data: apf_data (the 64-byte shared APF block), apf_table,
+                 globals, per-task arrays, struct task[8]
+                 kstack (4 KiB), task stacks (8 x 4 KiB)
+                 config_* values, task_table, taskN_params (16 u64 each)
+    kernel_end   page aligned: [RAM_BASE, kernel_end) is the kernel (pin it)
+    buf_base     workload buffers (default 0x4010_0000), page aligned, laid out in
+                 task order; they start ABSENT and are evicted independently
+
+Symbols the host can read (all u64 unless noted; arrays have TASK_MAX = 8 entries):
+
+    current_task        index of the running task, 0xffff_ffff_ffff_ffff (-1) while idle
+    need_resched, rr_cursor, exited_mask, stop_reason (1 all exited, 2 stop_mask done)
+    boot_ns, stop_ns    CNTVCT when scheduling began / at the final brk #0
+    total_work, ticks, ctx_switches, idle_entries
+    irq_entries, irq_spurious (IAR = 1023), irq_unknown, irq_stale_timer
+    kernel_panic        0, or 1 unexpected exception, 2 bad EL0 sync, 3 image overlaps
+                        the buffers, 4 IRQ at EL1 outside idle; then panic_vector,
+                        panic_esr, panic_elr, panic_spsr, panic_far, panic_task
+    sdei_version        raw SDEI VERSION result
+    sdei_probe_done     bit per successful probe step (SDEI_STEPS order)
+    sdei_results        u64[8], raw result of each probe step
+    sdei_event          the event registered (-1 if none)
+    sdei_dispatches, sdei_bad
+    apf_features        VENDOR_HYP_KVM_FEATURES bitmap
+    apf_version, apf_slots, apf_sdei_event, apf_irq, apf_enable_ret, apf_enabled
+    apf_not_present, apf_page_ready_count, apf_wake_all, apf_dummies, apf_dummy_hits,
+    apf_not_parked, apf_table_full, apf_bad_ready
+    apf_data            the shared block {u32 reason; u32 token; ...; u32 enabled @60}
+    apf_table           128 x {u32 token; u32 kind (0 free, 1 waiter, 2 dummy); u64 task}
+    task_state[]        TASK_STATES
+    task_work[]         units reported with work_add
+    task_parked[]       times parked by "page not present"
+    task_wakeups[]      times woken by "page ready"
+    task_switches[]     times switched in
+    task_syscalls[], task_exit_ns[], task_exit_code[], task_wake_ns[]
+    sched_log_len, sched_log   u8 per switch (task index; 0xff = idle), 1024 max
+    tasks               struct task[8]: x0..x30, sp_el0, elr, spsr (272 bytes each)
+    kernel_end, config_*, task_table, task<N>_params
+
+Syscall ABI (``svc #0`` from EL0; number in x8, arguments from x0, result in x0; every
+other register preserved)::
+
+    0 yield()          -> 0
+    1 exit(code)       does not return
+    2 work_add(units)  -> 0; task_work[self] += units
+    3 gettime()        -> CNTVCT_EL0 (1 GHz: virtual ns)
+    4 sleep(ns)        -> 0 after >= ns (tick granularity); -1 at once if there is no tick
+    5 getpid()         -> task index
+    other              -> -38 (ENOSYS)
+
+Configuration (``build_source`` keywords, emitted as ``config_*`` quads)::
+
+    tick_ns       timer tick period (0: no tick, tasks switch on yield/sleep/APF only)
+    apf_enable    1: discover and enable APF when the host offers it
+    sdei_enable   1: run the SDEI probe at all
+    stop_mask     brk #0 once every task in this bit mask has exited (default: the
+                  measured tasks); brk #0 also when every task has exited
+    buf_base      where workload buffers start
+    wake_resched  1: a "page ready" wake-up asks for a reschedule (the woken task runs
+                  at the next return to user space rather than at the next tick)
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+RAM_BASE = 0x4000_0000
+PAGE_SIZE = 4096
+TASK_MAX = 8
+PARAMS_QUADS = 16                  # per-task parameter block: inputs 0-7, results 8-15
+PARAMS_OUT = 8
+DEFAULT_BUF_BASE = RAM_BASE + 0x10_0000
+DEFAULT_TICK_NS = 100_000          # 100 us: 10 kHz (Linux uses 250-1000 Hz; emulated time is dear)
+DEFAULT_RAM_SIZE = 16 << 20
+T_SIZE = 272
+
+TASK_STATES = {0: "unused", 1: "runnable", 2: "apf_wait", 3: "exited", 4: "sleeping"}
+SDEI_STEPS = ("version", "private_reset", "shared_reset", "get_info_priority", "get_info_type",
+              "register", "enable", "pe_unmask")
+PANIC_REASONS = {1: "unexpected exception", 2: "bad synchronous exception from EL0",
+                 3: "kernel image overlaps the workload buffers", 4: "IRQ at EL1 outside the idle loop"}
+STOP_REASONS = {0: None, 1: "all tasks exited", 2: "stop_mask tasks exited"}
+
+# Parameter and result slots of each workload (see workloads.S).
+WORKLOADS = {
+    "memtouch": (("buf", "npages", "rounds", "batch", "stride", "tag", "first_round"),
+                 ("mismatches", "rounds_done", "touches")),
+    "compute": (("iters", "report", "limit"), ("units",)),
+    "yield_loop": (("count",), ("done", "pid")),
+    "sleeper": (("ns", "count"), ("t_start", "t_end", "sleeps")),
+}
+
+_HERE = Path(__file__).resolve().parent
+_U64 = (1 << 64) - 1
+
+
+@dataclass
+class TaskSpec:
+    """One task: the label of its entry point and its parameter block (inputs, up to 8)."""
+    entry: str
+    params: list[int] = field(default_factory=list)
+    measured: bool = True
+
+
+# ---------------------------------------------------------------------- task constructors
+
+def memtouch(npages: int, rounds: int = 1, *, buf: int = 0, batch: int = 16, stride: int = PAGE_SIZE,
+             tag: int = 0, first_round: int = 0, measured: bool = True) -> TaskSpec:
+    """Touch one u64 per page of an ``npages`` buffer, ``rounds`` times; ``buf=0``: laid out by the builder."""
+    return TaskSpec("memtouch", [buf, npages, rounds, batch, stride, tag, first_round], measured)
+
+
+def compute(iters: int = 1000, report: int = 16, limit: int = 0, *, measured: bool = True) -> TaskSpec:
+    """Busy loop: a work unit per ``iters`` iterations, reported every ``report``; ``limit=0``: for ever."""
+    return TaskSpec("compute", [iters, report, limit], measured)
+
+
+def yield_loop(count: int, *, measured: bool = True) -> TaskSpec:
+    return TaskSpec("yield_loop", [count], measured)
+
+
+def sleeper(ns: int, count: int = 1, *, measured: bool = True) -> TaskSpec:
+    return TaskSpec("sleeper", [ns, count], measured)
+
+
+def memtouch_value(tag: int, rnd: int, i: int) -> int:
+    """What memtouch leaves in page ``i`` after round ``rnd`` (the workloads.S formula)."""
+    return (0xA5A5 << 48) | ((tag & 0xFF) << 40) | ((rnd & 0xFF) << 32) | (i & 0xFFFFFFFF)
+
+
+# ---------------------------------------------------------------------- building
+
+def _pages(nbytes: int) -> int:
+    return -(-nbytes // PAGE_SIZE)
+
+
+def resolve_tasks(tasks: list[TaskSpec], buf_base: int = DEFAULT_BUF_BASE) -> list[TaskSpec]:
+    """Copies of ``tasks`` with every automatic (``buf == 0``) memtouch buffer given an address.
+
+    Buffers are laid out in task order from ``buf_base``, each starting on a page.
+    """
+    if buf_base % PAGE_SIZE:
+        raise ValueError(f"buf_base must be page aligned, got {buf_base:#x}")
+    out, cursor = [], buf_base
+    for t in tasks:
+        if t.entry == "memtouch" and t.params and t.params[0] == 0:
+            params = list(t.params)
+            params[0] = cursor
+            npages, stride = params[1], params[4] if len(params) > 4 else PAGE_SIZE
+            cursor += _pages(max(1, npages * stride)) * PAGE_SIZE
+            t = replace(t, params=params)
+        out.append(t)
+    return out
+
+
+def task_buffers(tasks: list[TaskSpec], buf_base: int = DEFAULT_BUF_BASE) -> list[range | None]:
+    """Each task's buffer as a range of addresses (step 1 page), or None."""
+    out = []
+    for t in resolve_tasks(tasks, buf_base):
+        if t.entry == "memtouch":
+            buf, npages, stride = t.params[0], t.params[1], t.params[4]
+            out.append(range(buf, buf + _pages(max(1, npages * stride)) * PAGE_SIZE, PAGE_SIZE))
+        else:
+            out.append(None)
+    return out
+
+
+def kernel_source() -> str:
+    return (_HERE / "kernel.S").read_text()
+
+
+def workloads_source() -> str:
+    return (_HERE / "workloads.S").read_text()
+
+
+def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_enable: bool = True,
+                 sdei_enable: bool = True, stop_mask: int | None = None,
+                 buf_base: int = DEFAULT_BUF_BASE, wake_resched: bool = True,
+                 ram_size: int = DEFAULT_RAM_SIZE, extra_source: str = "") -> str:
+    """One assembly source: kernel + workloads + ``extra_source`` + generated config and tasks.
+
+    ``stop_mask`` defaults to the measured tasks: the run stops (``brk #0``) when all of them
+    have exited (and in any case when every task has).  ``extra_source`` may define more
+    workload entry points for ``TaskSpec.entry``.
+    """
+    if not 1 <= len(tasks) <= TASK_MAX:
+        raise ValueError(f"between 1 and {TASK_MAX} tasks, got {len(tasks)}")
+    if not isinstance(tick_ns, int) or tick_ns < 0:
+        raise ValueError(f"tick_ns must be an int >= 0, got {tick_ns!r}")
+    tasks = resolve_tasks(tasks, buf_base)
+    for i, t in enumerate(tasks):
+        if not isinstance(t, TaskSpec):
+            raise TypeError(f"task {i} is not a TaskSpec: {t!r}")
+        if len(t.params) > PARAMS_OUT:
+            raise ValueError(f"task {i} ({t.entry}): at most {PARAMS_OUT} parameters")
+        if t.entry not in WORKLOADS and t.entry not in extra_source:
+            raise ValueError(f"task {i}: unknown entry {t.entry!r}; known: {', '.join(WORKLOADS)}")
+    end = RAM_BASE + ram_size
+    for i, rng in enumerate(task_buffers(tasks, buf_base)):
+        if rng is not None and not (buf_base <= rng.start and rng.stop <= end):
+            raise ValueError(f"task {i}: buffer [{rng.start:#x}, {rng.stop:#x}) is outside "
+                             f"[buf_base {buf_base:#x}, end of RAM {end:#x})")
+    if stop_mask is None:
+        stop_mask = sum(1 << i for i, t in enumerate(tasks) if t.measured)
+
+    lines = ["", "// ---- generated by apflab.guest.build_source ----", "\t.balign\t8"]
+    config = [("config_nr_tasks", len(tasks)), ("config_tick_ns", tick_ns),
+              ("config_apf_enable", int(bool(apf_enable))), ("config_sdei_enable", int(bool(sdei_enable))),
+              ("config_stop_mask", stop_mask & _U64), ("config_buf_base", buf_base),
+              ("config_wake_resched", int(bool(wake_resched)))]
+    for name, value in config:
+        lines.append(f"{name}:\t.quad\t{value:#x}")
+    lines.append("task_table:")
+    for i, t in enumerate(tasks):
+        lines.append(f"\t.quad\t{t.entry}, task{i}_params")
+    for i, t in enumerate(tasks):
+        vals = [int(v) & _U64 for v in t.params] + [0] * (PARAMS_QUADS - len(t.params))
+        lines.append(f"task{i}_params:\t// {t.entry}")
+        for k in range(0, PARAMS_QUADS, 4):
+            lines.append("\t.quad\t" + ", ".join(f"{v:#x}" for v in vals[k:k + 4]))
+    lines += ["\t.balign\t4096", "kernel_end:", "\t.quad\t0", ""]
+    return "\n".join([kernel_source(), workloads_source(), extra_source] + lines)
+
+
+# ---------------------------------------------------------------------- after loading
+
+def kernel_pages(symbols: dict[str, int]) -> range:
+    """Addresses (one per page) of everything before the workload buffers: pin these."""
+    return range(RAM_BASE, symbols["kernel_end"], PAGE_SIZE)
+
+
+def pin_kernel(machine, symbols: dict[str, int]) -> None:
+    for addr in kernel_pages(symbols):
+        machine.stage2.pin(machine.stage2.gpn_of(addr))
+
+
+def current_task_probe(machine, symbols: dict[str, int]):
+    """A callable giving the running task's index, or None while idle (for ``Host.current_task``)."""
+    addr = symbols["current_task"]
+    ram, off = machine.vcpu.ram, addr - RAM_BASE
+    is_mapped = machine.stage2.is_mapped
+
+    def current() -> int | None:
+        if is_mapped(addr):                  # the usual case: the kernel is pinned
+            v = struct.unpack_from("<Q", ram, off)[0]
+        else:
+            v = machine.read_u64(addr)
+        return None if v >> 63 else v
+    return current
+
+
+def attach(machine, symbols: dict[str, int]) -> None:
+    """Let the host attribute time and APF work items to the guest's tasks."""
+    machine.host.current_task = current_task_probe(machine, symbols)
+
+
+def _s64(v: int) -> int:
+    return v - (1 << 64) if v >> 63 else v
+
+
+def read_kernel_state(machine, symbols: dict[str, int]) -> dict:
+    """Everything the kernel counts, as plain Python values (works before, during, after a run)."""
+    rd = machine.read_u64
+
+    def g(name):
+        return rd(symbols[name])
+
+    def arr(name, n):
+        return [rd(symbols[name] + 8 * i) for i in range(n)]
+
+    nr = min(g("config_nr_tasks"), TASK_MAX)
+    addr_to_label = {}
+    for name, addr in symbols.items():       # workload names win over other labels there
+        if name in WORKLOADS or addr not in addr_to_label:
+            addr_to_label[addr] = name
+    tasks = []
+    per = {k: arr(k, nr) for k in ("task_state", "task_work", "task_parked", "task_wakeups",
+                                   "task_switches", "task_syscalls", "task_exit_ns", "task_exit_code")}
+    for i in range(nr):
+        entry_addr = rd(symbols["task_table"] + 16 * i)
+        params = rd(symbols["task_table"] + 16 * i + 8)
+        entry = addr_to_label.get(entry_addr, hex(entry_addr))
+        inputs = [rd(params + 8 * k) for k in range(PARAMS_OUT)]
+        out = [rd(params + 8 * (PARAMS_OUT + k)) for k in range(PARAMS_QUADS - PARAMS_OUT)]
+        t = {"index": i, "entry": entry, "params_addr": params, "inputs": inputs, "out": out,
+             "state": TASK_STATES.get(per["task_state"][i], per["task_state"][i]),
+             "exited": per["task_state"][i] == 3, "work": per["task_work"][i],
+             "parked": per["task_parked"][i], "wakeups": per["task_wakeups"][i],
+             "switches": per["task_switches"][i], "syscalls": per["task_syscalls"][i],
+             "exit_ns": per["task_exit_ns"][i], "exit_code": _s64(per["task_exit_code"][i])}
+        if entry in WORKLOADS:
+            names_in, names_out = WORKLOADS[entry]
+            t["params"] = dict(zip(names_in, inputs))
+            t.update(zip(names_out, out))
+            if entry == "memtouch":
+                buf, npages, stride = inputs[0], inputs[1], inputs[4]
+                t["buffer"] = range(buf, buf + _pages(max(1, npages * stride)) * PAGE_SIZE, PAGE_SIZE)
+        tasks.append(t)
+
+    version = g("sdei_version")
+    done = g("sdei_probe_done")
+    results = arr("sdei_results", len(SDEI_STEPS))
+    sdei = {"version": version, "major": (version >> 48) & 0x7FFF, "minor": (version >> 32) & 0xFFFF,
+            "vendor": version & 0xFFFFFFFF, "probe_done": done,
+            "steps": {s: bool(done >> k & 1) for k, s in enumerate(SDEI_STEPS)},
+            "results": {s: _s64(results[k]) for k, s in enumerate(SDEI_STEPS)},
+            "event": _s64(g("sdei_event")), "dispatches": g("sdei_dispatches"), "bad": g("sdei_bad")}
+
+    table = []
+    base = symbols["apf_table"]
+    for k in range(128):
+        token, kind = struct.unpack("<II", machine.read(base + 16 * k, 8))
+        if kind:
+            table.append({"token": token, "kind": {1: "waiter", 2: "dummy"}.get(kind, kind),
+                          "task": _s64(rd(base + 16 * k + 8))})
+    apf = {"features": _s64(g("apf_features")), "version": g("apf_version"), "slots": g("apf_slots"),
+           "sdei_event": _s64(g("apf_sdei_event")), "irq": _s64(g("apf_irq")),
+           "enable_ret": _s64(g("apf_enable_ret")), "enabled": bool(g("apf_enabled")),
+           "not_present": g("apf_not_present"), "page_ready": g("apf_page_ready_count"),
+           "wake_all": g("apf_wake_all"), "dummies": g("apf_dummies"), "dummy_hits": g("apf_dummy_hits"),
+           "not_parked": g("apf_not_parked"), "table_full": g("apf_table_full"),
+           "bad_ready": g("apf_bad_ready"), "table": table,
+           "shared": dict(zip(("reason", "token"), struct.unpack("<II", machine.read(symbols["apf_data"], 8))))}
+
+    panic = g("kernel_panic")
+    panic_info = None
+    if panic:
+        panic_info = {"reason": PANIC_REASONS.get(panic, panic), "vector": _s64(g("panic_vector")),
+                      "esr": g("panic_esr"), "elr": g("panic_elr"), "spsr": g("panic_spsr"),
+                      "far": g("panic_far"), "task": _s64(g("panic_task"))}
+    cur = g("current_task")
+    log_len = min(g("sched_log_len"), 1024)
+    return {
+        "nr_tasks": nr, "current_task": None if cur >> 63 else cur,
+        "stop_reason": STOP_REASONS.get(g("stop_reason"), g("stop_reason")),
+        "boot_ns": g("boot_ns"), "stop_ns": g("stop_ns"), "total_work": g("total_work"),
+        "ticks": g("ticks"), "ctx_switches": g("ctx_switches"), "idle_entries": g("idle_entries"),
+        "irq_entries": g("irq_entries"), "irq_spurious": g("irq_spurious"),
+        "irq_unknown": g("irq_unknown"), "irq_stale_timer": g("irq_stale_timer"),
+        "exited_mask": g("exited_mask"), "panic": panic_info, "sdei": sdei, "apf": apf, "tasks": tasks,
+        "sched_log": list(machine.read(symbols["sched_log"], log_len)),
+    }
+
+
+def check_no_panic(machine, symbols: dict[str, int]) -> None:
+    """Raise GuestError when the kernel recorded a panic."""
+    from ..errors import GuestError
+    panic = read_kernel_state(machine, symbols)["panic"]
+    if panic:
+        raise GuestError(f"guest kernel panic: {panic['reason']} (vector {panic['vector']}, "
+                         f"ESR={panic['esr']:#x}, ELR={panic['elr']:#x}, FAR={panic['far']:#x})",
+                         pc=panic["elr"], insn=machine.vcpu.disasm_at(panic["elr"]))
+
+
+__all__ = ["TaskSpec", "memtouch", "compute", "yield_loop", "sleeper", "memtouch_value", "resolve_tasks",
+           "task_buffers", "build_source", "kernel_source", "workloads_source", "kernel_pages", "pin_kernel",
+           "current_task_probe", "attach", "read_kernel_state", "check_no_panic", "RAM_BASE", "PAGE_SIZE",
+           "TASK_MAX", "DEFAULT_BUF_BASE", "DEFAULT_TICK_NS", "TASK_STATES", "SDEI_STEPS", "WORKLOADS"]

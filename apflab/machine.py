@@ -1,0 +1,133 @@
+"""``Machine``: the harness contract (DESIGN.md) as a thin facade.
+
+    m = apflab.Machine(seed=0)
+    syms = m.load_asm(source)           # {label: address}; entry label `_start`
+    r = m.run(max_instructions=10**6)   # from `_start` at EL1h until `brk #0`
+    m.reg("x0"); m.read_u64(addr)
+
+The layers stay reachable as read-only properties (``host``, ``vcpu``,
+``stage2``, ``trace``, ``sdei``, ``apf``) for labs and widgets.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .asm import Program, assemble
+from .backing import BackingStore, make_store
+from .cpu import PSTATE_EL1H_MASKED, Vcpu
+from .errors import AsmError, ParameterError
+from .host import Host, HostCosts, RunStop
+from .stage2 import PageState, Stage2
+from .trace import Trace
+
+RAM_BASE = 0x4000_0000        # where QEMU's and kvmtool's "virt" boards put RAM
+DEFAULT_RAM = 16 << 20
+
+
+class Machine:
+    """One vCPU, guest RAM, and the host services (SDEI and APF when installed)."""
+
+    def __init__(self, seed: int = 0, *, ram_size: int = DEFAULT_RAM, memory_limit: int | None = None,
+                 store: str | BackingStore = "ssd", ns_per_insn: int = 1,
+                 costs: HostCosts | None = None, policy: str = "fifo", sdei: bool = True,
+                 apf: bool = True, profile: str = "lab", keep_records: bool = True):
+        if not isinstance(seed, int):
+            raise ParameterError(f"seed must be an int, got {seed!r}")
+        if not isinstance(ram_size, int) or ram_size < 64 * 1024 or ram_size % 4096:
+            raise ParameterError(f"ram_size must be a multiple of 4096 and at least 64 KiB, got {ram_size!r}")
+        self.seed = seed
+        self._vcpu = Vcpu(RAM_BASE, ram_size)
+        self._store = make_store(store) if isinstance(store, str) else store
+        self._stage2 = Stage2(self._vcpu.ram, RAM_BASE, ram_size, store=self._store,
+                              limit_bytes=memory_limit, policy=policy)
+        self._host = Host(self._vcpu, self._stage2, seed=seed, ns_per_insn=ns_per_insn,
+                          costs=costs, trace=Trace(keep_records=keep_records))
+        self._sdei = None
+        self._apf = None
+        if sdei:
+            from .sdei import SdeiService
+            self._sdei = SdeiService.install(self._host, profile=profile)
+        if apf and sdei:
+            try:
+                from .apf import ApfService
+            except ImportError:
+                ApfService = None
+            if ApfService is not None:
+                self._apf = ApfService.install(self._host)
+        self.program: Program | None = None
+        self.symbols: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ layers
+    host = property(lambda self: self._host)
+    vcpu = property(lambda self: self._vcpu)
+    stage2 = property(lambda self: self._stage2)
+    trace = property(lambda self: self._host.trace)
+    sdei = property(lambda self: self._sdei)
+    apf = property(lambda self: self._apf)
+    now_ns = property(lambda self: self._host.now)
+    ram_base = RAM_BASE
+    ram_size = property(lambda self: self._vcpu.ram_size)
+
+    # ------------------------------------------------------------------ loading and running
+    def load_asm(self, source: str, *, base: int | None = None) -> dict[str, int]:
+        """Assemble ``source`` and load it at ``base`` (default: start of RAM)."""
+        base = RAM_BASE if base is None else base
+        prog = assemble(source, base)
+        if "_start" not in prog.symbols:
+            raise AsmError("no `_start` label: the machine starts the guest there")
+        if not self._stage2.in_ram(base) or not self._stage2.in_ram(base + max(len(prog.code), 1) - 1):
+            raise ParameterError(f"program [{base:#x}, +{len(prog.code):#x}) does not fit in guest RAM "
+                                 f"[{RAM_BASE:#x}, {RAM_BASE + self.ram_size:#x})")
+        self.write(base, prog.code)
+        self._vcpu.mark_erets([a for a in range(base, base + len(prog.code) - 3, 4)
+                               if prog.code[a - base:a - base + 4] == b"\xe0\x03\x9f\xd6"])
+        self.program = prog
+        self.symbols = dict(prog.symbols)
+        self._vcpu.pc = prog.symbols["_start"]
+        self._vcpu.set_pstate(PSTATE_EL1H_MASKED)
+        self._vcpu.set_reg("sp", RAM_BASE + self.ram_size)
+        return dict(prog.symbols)
+
+    def run(self, max_instructions: int = 1_000_000) -> RunStop:
+        """Run from the current PC (``_start`` after loading) until ``brk #0``."""
+        if self.program is None:
+            raise ParameterError("nothing loaded: call load_asm(source) first")
+        return self._host.run(max_instructions)
+
+    # ------------------------------------------------------------------ registers
+    def reg(self, name: str) -> int:
+        return self._vcpu.reg(name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        self._vcpu.set_reg(name, value)
+
+    def regs(self) -> dict[str, int]:
+        return self._vcpu.regs()
+
+    # ------------------------------------------------------------------ memory (wherever the page is)
+    def read(self, addr: int, size: int) -> bytes:
+        return self._stage2.read(addr, size)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self._stage2.write(addr, data)
+
+    def read_u64(self, addr: int) -> int:
+        return struct.unpack("<Q", self.read(addr, 8))[0]
+
+    def write_u64(self, addr: int, value: int) -> None:
+        self.write(addr, struct.pack("<Q", value & (1 << 64) - 1))
+
+    def read_u32(self, addr: int) -> int:
+        return struct.unpack("<I", self.read(addr, 4))[0]
+
+    def write_u32(self, addr: int, value: int) -> None:
+        self.write(addr, struct.pack("<I", value & 0xFFFFFFFF))
+
+    # ------------------------------------------------------------------ host actions (labs, widgets)
+    def evict(self, addr: int) -> None:
+        """Push the page holding ``addr`` out to the backing store."""
+        self._stage2.evict(self._stage2.gpn_of(addr))
+
+    def page_state(self, addr: int) -> PageState:
+        return self._stage2.state(self._stage2.gpn_of(addr))
