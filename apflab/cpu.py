@@ -187,8 +187,11 @@ class Vcpu:
         uc.ctl_set_page_size(PAGE_SIZE)
         self._ram_ptr = ctypes.c_char.from_buffer(self.ram)
         uc.mem_map_ptr(ram_base, ram_size, UC_PROT_ALL, ctypes.addressof(self._ram_ptr))
-        # Quirk: HVC is UNDEFINED unless SCR_EL3.HCE (bit 8) is set.
-        uc.cpr_write(3, 6, 1, 1, 0, uc.cpr_read(3, 6, 1, 1, 0) | 1 << 8)
+        # Quirk: HVC is UNDEFINED unless SCR_EL3.HCE (bit 8) is set. SCR_EL3.RW
+        # (bit 10) and HCR_EL2.RW (bit 31) say the lower ELs are AArch64;
+        # without them an EL1->EL1 eret is judged illegal and sets PSTATE.IL.
+        uc.cpr_write(3, 6, 1, 1, 0, uc.cpr_read(3, 6, 1, 1, 0) | 1 << 8 | 1 << 10)
+        uc.cpr_write(3, 4, 1, 1, 0, uc.cpr_read(3, 4, 1, 1, 0) | 1 << 31)
         # Python owns translation: a natural stage-2 (guest MMU off, IPA == VA).
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         # Quirk: emu_start's `until` address is translated on every start (a

@@ -776,9 +776,10 @@ el1_irq_bad:
 // ================================================================ interrupts
 
 // handle_irq: acknowledge one interrupt and handle it.  One per exception
-// entry: a second one still pending is taken again right after the eret.
-// (The host recomputes the timer's line level between vCPU slices, so a
-// second IAR read right after re-arming the timer could see a stale line.)
+// entry (Linux loops on IAR instead): a second one still pending is taken
+// again right after the eret.  This keeps us independent of when the
+// emulated GIC re-samples the timer's level line after we re-arm CVAL: a
+// second IAR read straight away could still see the old level.
 // May clobber every register but the stack frame it keeps.
 handle_irq:
 	stp	x29, x30, [sp, #-16]!

@@ -1,0 +1,1 @@
+"""Speed figures for apflab, printed as JSON ratios against bare unicorn measured in the same run."""
