@@ -146,15 +146,15 @@ class ApfService:
             return "apf_disabled"
         if self.host.vcpu.el != 0 and not self.control & APF_SEND_ALWAYS:
             return "kernel_mode"
+        ev = sdei.events[EVENT_ASYNC_PF]
         if sdei.handler_running():
             return "in_handler"
+        if ev.triggered:
+            return "event_pending"       # an earlier raise is still waiting to be dispatched
         if sdei.pe.masked:
             return "pe_masked"
-        ev = sdei.events[EVENT_ASYNC_PF]
         if ev.state != S_ENABLED:
             return "event_disabled"
-        if ev.triggered:
-            return "event_pending"
         if self.host.stage2.state(gpn) == PageState.INFLIGHT:
             return "repeated_fault"
         if self.slot_busy():

@@ -118,14 +118,19 @@ class Host:
         heapq.heappush(self._events, _Event(t_ns, self._seq, name, fn))
 
     def next_event_ns(self) -> int | None:
+        remote = self.stage2.remote
         times = [e for e in (self._events[0].t_ns if self._events else None,
-                             self.timer.next_fire_ns()) if e is not None]
+                             self.timer.next_fire_ns(),
+                             remote.next_background_ns() if remote is not None else None)
+                 if e is not None]
         return min(times) if times else None
 
     def _deliver_due(self) -> None:
         while self._events and self._events[0].t_ns <= self.now:
             ev = heapq.heappop(self._events)
             ev.fn()
+        if self.stage2.remote is not None:
+            self.stage2.deliver_background(self.now)   # post-copy stream pages that have landed
         self.gic.set_line(TIMER_PPI, self.timer.output())
 
     def _clock_mid_slice(self, retired: int) -> None:
@@ -157,9 +162,13 @@ class Host:
         self.trace.emit(self.now, "stall", reason=reason, ns=self.now - t0)
 
     # ------------------------------------------------------------------ the run loop
-    def run(self, max_instructions: int, *, stop_at_brk0: bool = True,
+    def run(self, max_instructions: int, *, stop_at_brk0: bool = True, budget_error: bool = True,
             until_ns: int | None = None, until: Callable[[], bool] | None = None) -> RunStop | None:
-        """Run the guest until ``brk #0`` (or ``until``/``until_ns``); None if ``until`` stopped it."""
+        """Run the guest until ``brk #0``; None if ``until``/``until_ns`` stopped it first.
+
+        Running out of ``max_instructions`` raises ``BudgetExceeded`` naming the
+        PC, or with ``budget_error=False`` (stepping) just returns None.
+        """
         if not isinstance(max_instructions, int) or max_instructions <= 0:
             raise ParameterError(f"max_instructions must be a positive int, got {max_instructions!r}")
         vcpu = self.vcpu
@@ -180,6 +189,8 @@ class Host:
             self._maybe_take_irq()
             left = budget_end - self.retired
             if left <= 0:
+                if not budget_error:
+                    return None
                 pc = vcpu.pc
                 raise BudgetExceeded(f"guest ran past max_instructions={max_instructions}",
                                      pc=pc, insn=vcpu.disasm_at(pc))

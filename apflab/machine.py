@@ -31,7 +31,8 @@ class Machine:
     def __init__(self, seed: int = 0, *, ram_size: int = DEFAULT_RAM, memory_limit: int | None = None,
                  store: str | BackingStore = "ssd", ns_per_insn: int = 1,
                  costs: HostCosts | None = None, policy: str = "fifo", sdei: bool = True,
-                 apf: bool = True, profile: str = "lab", keep_records: bool = True):
+                 apf: bool = True, profile: str = "lab", keep_records: bool = True,
+                 postcopy: dict | None = None):
         if not isinstance(seed, int):
             raise ParameterError(f"seed must be an int, got {seed!r}")
         if not isinstance(ram_size, int) or ram_size < 64 * 1024 or ram_size % 4096:
@@ -39,8 +40,10 @@ class Machine:
         self.seed = seed
         self._vcpu = Vcpu(RAM_BASE, ram_size)
         self._store = make_store(store) if isinstance(store, str) else store
+        # ``postcopy``: pages may also live on a migration source (rtt_ns, bandwidth_bytes_per_s).
+        remote = None if postcopy is None else make_store("postcopy", **postcopy)
         self._stage2 = Stage2(self._vcpu.ram, RAM_BASE, ram_size, store=self._store,
-                              limit_bytes=memory_limit, policy=policy)
+                              limit_bytes=memory_limit, policy=policy, remote=remote)
         self._host = Host(self._vcpu, self._stage2, seed=seed, ns_per_insn=ns_per_insn,
                           costs=costs, trace=Trace(keep_records=keep_records))
         self._sdei = None
@@ -94,6 +97,29 @@ class Machine:
         if self.program is None:
             raise ParameterError("nothing loaded: call load_asm(source) first")
         return self._host.run(max_instructions)
+
+    def step(self, instructions: int = 1) -> RunStop | None:
+        """Run at most ``instructions`` guest instructions; a RunStop if ``brk #0`` was reached."""
+        if self.program is None:
+            raise ParameterError("nothing loaded: call load_asm(source) first")
+        return self._host.run(instructions, budget_error=False)
+
+    def run_until(self, kinds, max_instructions: int = 1_000_000):
+        """Run until the trace records one of ``kinds`` (e.g. "stage2_fault", "sdei_dispatch",
+        "irq", "apf_page_ready"); returns that record, or a RunStop at ``brk #0``, or None
+        if ``max_instructions`` ran out first."""
+        if isinstance(kinds, str):
+            kinds = (kinds,)
+        trace = self._host.trace
+        before = {k: trace.counts.get(k, 0) for k in kinds}
+        hit = lambda: any(trace.counts.get(k, 0) != before[k] for k in kinds)
+        stop = self._host.run(max_instructions, budget_error=False, until=hit)
+        if stop is not None or not hit():
+            return stop
+        for rec in reversed(trace.records):
+            if rec.kind in kinds:
+                return rec
+        return None
 
     # ------------------------------------------------------------------ registers
     def reg(self, name: str) -> int:
