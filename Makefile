@@ -22,7 +22,7 @@ lab: $(STAMP)
 ## make test: create .venv, install the test extras, run every test (nbval included)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
-	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider labs
+	$(BIN)/python -m pytest --nbval --nbval-current-env -p no:cacheprovider labs
 
 ## make bench: speed figures as JSON, ratios against bare unicorn measured in the same run
 bench: $(STAMP)

@@ -1,0 +1,94 @@
+"""Exercises for the labs, in the manner of the OSTEP homework simulators.
+
+Each exercise takes a student seed and draws its own variant from a private
+``random.Random(seed)``; ``params`` echoes what was drawn; ``answer()`` computes
+the expected result with the same machinery the student uses (the OSTEP ``-c``
+"compute the answer" mode); ``check(value)`` says whether a value is right and
+why not; ``hint()`` nudges without giving it away.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from .errors import ParameterError
+
+
+@dataclass
+class CheckResult:
+    correct: bool
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.correct
+
+    def __repr__(self) -> str:
+        return ("correct: " if self.correct else "not yet: ") + self.message
+
+
+class Exercise:
+    """Base class: subclasses set ``title`` and implement ``_draw``, ``_solve``, ``question``."""
+    title = ""
+
+    def __init__(self, seed: int):
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ParameterError(f"seed must be an int (your student number, for example), got {seed!r}")
+        self.seed = seed
+        self.params = self._draw(random.Random(seed))
+        self._answer = None
+
+    def _draw(self, rng: random.Random) -> dict:
+        raise NotImplementedError
+
+    def _solve(self):
+        raise NotImplementedError
+
+    def question(self) -> str:
+        raise NotImplementedError
+
+    def answer(self):
+        """Compute the expected answer (the "-c" mode)."""
+        if self._answer is None:
+            self._answer = self._solve()
+        return self._answer
+
+    def check(self, value) -> CheckResult:
+        expected = self.answer()
+        if value == expected:
+            return CheckResult(True, f"{value} is right.")
+        return CheckResult(False, f"{value!r} is not it. {self.hint()}")
+
+    def hint(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{type(self).__name__}(seed={self.seed}; {shown})\n{self.question()}"
+
+
+class CountInstructions(Exercise):
+    """Lab 00: how many instructions does a counted loop retire before ``brk #0``?"""
+    title = "Count the instructions"
+
+    def _draw(self, rng):
+        return {"n": rng.randrange(3, 40), "body": rng.randrange(1, 4)}
+
+    def source(self) -> str:
+        body = "\n".join("    add x1, x1, #1" for _ in range(self.params["body"]))
+        return (f"_start:\n    mov x0, #{self.params['n']}\n    mov x1, #0\n"
+                f"1:\n{body}\n    subs x0, x0, #1\n    b.ne 1b\n    brk #0\n")
+
+    def question(self) -> str:
+        return ("How many instructions does this guest retire, counting the final brk?\n\n"
+                + self.source())
+
+    def _solve(self):
+        from .machine import Machine
+        m = Machine(seed=self.seed)
+        m.load_asm(self.source())
+        return m.run().instructions
+
+    def hint(self) -> str:
+        return ("Count the two set-up instructions, then (body + subs + b.ne) per iteration, "
+                "then the brk.")
