@@ -1,10 +1,13 @@
-"""Build the lab notebooks from the cell lists below and execute them, so outputs are real.
+"""Build the lab notebooks from their cell lists and execute them, so outputs are real.
 
-    .venv/bin/python tools/make_notebooks.py      # rewrites labs/*.ipynb with fresh outputs
+    .venv/bin/python tools/make_notebooks.py            # every lab and solution
+    .venv/bin/python tools/make_notebooks.py lab05      # the modules whose name contains "lab05"
 
-Outputs stored in the notebooks are what nbval compares on every `make test`.
+Each module in tools/notebooks/ defines LAB (path), CELLS, and optionally SOLUTION and
+SOLUTION_CELLS. Outputs stored in the notebooks are what nbval compares on `make test`.
 """
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -12,115 +15,31 @@ import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
-md = nbformat.v4.new_markdown_cell
-code = nbformat.v4.new_code_cell
-
-WELCOME = [
-    md("""# Lab 00 — Welcome to apflab
-
-**Objectives.** By the end of this lab you can
-1. run a guest program on the apflab machine and read its registers;
-2. say in one sentence what an *asynchronous page fault* is for;
-3. use the exercise cells: your seed, the check function, the hint, and the "compute the answer" mode.
-
-**How to use the labs.** Run the cells from top to bottom (Shift-Enter). Every number you
-see comes from a deterministic run: the same seed gives the same trace, byte for byte, so
-your results match your classmates' when you use the same seed, and differ when you use
-your own."""),
-    md("""## The story in one picture
-
-A guest task touches a page the host has swapped out. Without APF the host freezes the
-whole vCPU until the page is back. With APF the host says "page not present" through an SDEI
-event, the guest kernel runs another task meanwhile, and a "page ready" interrupt wakes
-the first task later.
-
-![The APF sequence between guest and host](../assets/apf-sequence.svg)"""),
-    md("""## Your first guest
-
-The machine is one AArch64 vCPU under a small hypervisor written in Python. `load_asm`
-assembles a program (entry label `_start`); `run` starts it at EL1 and stops at `brk #0`.
-Here the guest asks the hypervisor which SDEI version it offers, with a hypercall."""),
-    code("""import apflab
-
-m = apflab.Machine(seed=0)
-syms = m.load_asm('''
-_start:
-    movz x0, #0xC400, lsl #16
-    add  x0, x0, #0x20          // SDEI_VERSION (0xC4000020)
-    hvc  #0                     // trap to the hypervisor; the result comes back in x0
-    brk  #0                     // stop
-''')
-r = m.run(max_instructions=1_000)
-v = m.reg("x0")
-print(f"SDEI version {v >> 48 & 0x7fff}.{v >> 32 & 0xffff}, vendor {v & 0xffffffff:#x}")
-print(f"{r.instructions} instructions retired, {r.elapsed_ns} ns of virtual time")"""),
-    md("""Four instructions took about a microsecond of *virtual* time: most of it is the modelled
-cost of the hypercall (an exit to the host and back). Time in apflab is never wall-clock."""),
-    md("""## A first measurement
-
-`run_scenario` runs a whole experiment: a guest kernel with a task that walks a buffer
-larger than the host's memory limit, next to a compute task. Compare APF off and on."""),
-    code("""off, on = apflab.compare("memtouch", seed=0, calc_thread=True, npages=128, limit_pages=32)
-for r in (off, on):
-    print(f"APF {'on ' if r.apf else 'off'}: walk took {r.elapsed_ns/1e6:6.2f} ms, "
-          f"vCPU stalled {r.stall_ns/1e6:6.2f} ms, compute work {r.work['compute']}")"""),
-    md("""With APF off the vCPU sits stalled in the host for every page-in; with APF on the compute
-task uses that time. Labs 05–08 take this apart; lab 09 weighs it against the arguments of
-the 2022 review."""),
-    md("""## Exercise: count the instructions
-
-Put your own seed (for example your student number) in `SEED`. The exercise draws its own
-loop from it. Work out the answer by reading the code, then check it."""),
-    code("""from apflab.exercises import CountInstructions
-
-SEED = 1234                      # <- your seed
-ex = CountInstructions(SEED)
-print(ex.question())"""),
-    code("""my_answer = None                 # <- replace None with your number
-ex.check(my_answer)"""),
-    md("""Stuck? `ex.hint()` gives a hint, and `ex.answer()` computes the answer by running the
-guest (what an instructor uses to grade, like the OSTEP simulators' `-c` flag).
-The solution notebook is `labs/solutions/00-welcome.ipynb`."""),
-    code("""ex.hint()"""),
-    md("""## Summary
-
-- The machine runs real AArch64 code; the hypervisor is Python you can read.
-- Time is virtual and deterministic: seeds make runs repeatable.
-- APF turns host stall time into guest run time, when the guest has something else to run."""),
-]
-
-WELCOME_SOLUTION = WELCOME[:8] + [
-    code("""from apflab.exercises import CountInstructions
-
-SEED = 1234
-ex = CountInstructions(SEED)
-n, body = ex.params["n"], ex.params["body"]
-my_answer = 2 + n * (body + 2) + 1      # set-up, iterations, brk
-print(n, body, my_answer)"""),
-    code("""assert ex.check(my_answer), ex.check(my_answer)
-ex.check(my_answer)"""),
-]
+sys.path.insert(0, str(ROOT / "tools"))
 
 
 def build(path: Path, cells) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
     nb.cells = cells
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     for c in nb.cells:                     # keep diffs small
         c.metadata.pop("execution", None)
+    path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     print("wrote", path.relative_to(ROOT))
 
 
-NOTEBOOKS = {
-    "labs/00-welcome.ipynb": WELCOME,
-    "labs/solutions/00-welcome.ipynb": WELCOME_SOLUTION,
-}
+def modules(filters):
+    for f in sorted((ROOT / "tools" / "notebooks").glob("lab*.py")):
+        if not filters or any(x in f.stem for x in filters):
+            yield importlib.import_module(f"notebooks.{f.stem}")
+
 
 if __name__ == "__main__":
-    only = sys.argv[1:]
-    for rel, cells in NOTEBOOKS.items():
-        if not only or rel in only:
-            build(ROOT / rel, cells)
+    for mod in modules(sys.argv[1:]):
+        build(ROOT / mod.LAB, mod.CELLS)
+        if getattr(mod, "SOLUTION", None):
+            build(ROOT / mod.SOLUTION, mod.SOLUTION_CELLS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 
 @dataclass
@@ -84,7 +84,7 @@ class CountInstructions(Exercise):
                 + self.source())
 
     def _solve(self):
-        from .machine import Machine
+        from ..machine import Machine
         m = Machine(seed=self.seed)
         m.load_asm(self.source())
         return m.run().instructions

@@ -1,0 +1,546 @@
+"""Plotly figures of where the vCPU's time went, read only from traces and results.
+
+Every figure has a pure-data twin that returns the numbers it draws, so tests (and curious
+students) can check a picture against the trace without parsing plotly JSON:
+
+    figure                      data
+    timeline(trace)             timeline_data(trace)        bars per task row, markers
+    breakdown_bar(results)      breakdown_data(results)     ns per mode per run
+    stall_histogram(results)    stall_data(results)         stall / APF-wait durations, binned
+    sweep_lines(rows, ...)      sweep_series(rows, ...)     mean y per (series, x)
+    sweep_heatmap(rows, ...)    sweep_grid(rows, ...)       mean z per (y, x) cell
+    model_vs_published(rows)    published_data(rows)        our ratio next to the paper's
+
+Figures stay light: times are rounded to the nanosecond, long traces are merged down to a
+few thousand bars, and histograms are binned here (plotly gets counts, not raw samples).
+Times are shown in µs on timelines and in ms on bars; the data helpers keep integer ns.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .errors import ParameterError
+from .trace import MODES, Trace
+
+MODE_COLORS = {
+    "el0": "#4C78A8",       # guest user work: what the lab wants more of
+    "el1": "#72B7B2",       # guest kernel
+    "handler": "#B279A2",   # the guest's SDEI handler
+    "halted": "#BAB0AC",    # WFI: nothing runnable
+    "stalled": "#E45756",   # waiting in the host for a page: what APF removes
+    "host": "#F58518",      # exits, hypercalls, page-outs charged to the vCPU
+}
+MARKERS = {   # record kind -> (symbol, colour, what it means)
+    "apf_not_present": ("triangle-down", "#54A24B", "page not present (SDEI injected)"),
+    "apf_page_ready": ("triangle-up", "#2F6F2A", "page ready (PPI raised)"),
+    "stall": ("x", "#9D1F1A", "synchronous stall ended"),
+}
+IDLE_ROW = "idle/kernel"
+MAX_BARS = 5_000
+MAX_MARKERS = 2_000          # per kind; beyond that every k-th is drawn (counts stay exact)
+
+# PROTOCOLS.md section 5: the published measurements the lab calibrates against.
+# ratio = after / before (APF on / APF off) of the metric named.
+PUBLISHED = {
+    "arm64_v3_compute": {
+        "label": "arm64 APF v3, with compute thread", "scenario": "memtouch",
+        "params": {"calc_thread": True}, "metric": "elapsed_ns", "before": 108.4, "after": 64.8,
+        "unit": "s", "source": "arm64 APF v3 cover letter (May 2021): test time 108.4 s -> 64.8 s"},
+    "arm64_v3_no_compute": {
+        "label": "arm64 APF v3, no compute thread", "scenario": "memtouch",
+        "params": {"calc_thread": False}, "metric": "elapsed_ns", "before": 1.0, "after": 0.98,
+        "unit": "relative", "source": "arm64 APF v3 cover letter (May 2021): about 2% faster"},
+    "x86_2010": {
+        "label": "x86 2010, 4 faulting + 4 compute", "scenario": "gleb2010",
+        "params": {}, "metric": "work_total", "before": 1.30e11, "after": 2.59e11,
+        "unit": "work units", "source": "Natapov, async PF patch v4 (2010): work 1.30e11 -> 2.59e11"},
+    "postcopy": {
+        "label": "post-copy migration", "scenario": "postcopy",
+        "params": {"calc_thread": True}, "metric": "work_total", "before": 1.0, "after": 1.68,
+        "unit": "relative", "source": "arm64 APF v3 cover letter (May 2021): guest work +68%"},
+}
+
+
+# ---------------------------------------------------------------------- small helpers
+
+def _trace_of(obj) -> Trace:
+    if isinstance(obj, Trace):
+        return obj
+    trace = getattr(obj, "trace", None)
+    if isinstance(trace, Trace):
+        return trace
+    raise ParameterError(f"expected a Trace or something with a .trace (a ScenarioResult or a "
+                         f"Machine), got {type(obj).__name__}")
+
+
+def _task_names(obj) -> dict[int, str]:
+    """Task index -> label, from a ScenarioResult's kernel state when there is one."""
+    kernel = getattr(obj, "kernel", None) or {}
+    names = {}
+    for t in kernel.get("tasks", ()):
+        names[t["index"]] = f"task {t['index']}: {t['entry']}"
+    return names
+
+
+def _us(ns: int) -> float:
+    return round(ns / 1e3, 3)
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 6)
+
+
+def _fmt_ns(ns: float) -> str:
+    if ns >= 1e9:
+        return f"{ns / 1e9:g} s"
+    if ns >= 1e6:
+        return f"{ns / 1e6:g} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:g} µs"
+    return f"{ns:g} ns"
+
+
+def _labelled(results) -> list[tuple[str, object]]:
+    """(label, result) pairs from a dict label->result or a list of results."""
+    if isinstance(results, Mapping):
+        return [(str(k), v) for k, v in results.items()]
+    if hasattr(results, "trace") and hasattr(results, "breakdown"):
+        results = [results]
+    results = list(results)
+    base = [f"{getattr(r, 'name', 'run')} APF {'on' if getattr(r, 'apf', False) else 'off'}"
+            for r in results]
+    if len(set(base)) < len(base):
+        base = [f"{b} (seed {getattr(r, 'seed', i)})" for i, (b, r) in enumerate(zip(base, results))]
+    if len(set(base)) < len(base):
+        base = [f"{b} #{i}" for i, b in enumerate(base)]
+    return list(zip(base, results))
+
+
+def _sort_key(v):
+    if isinstance(v, bool):
+        return (0, int(v), "")
+    if isinstance(v, (int, float)):
+        return (1, v, "")
+    return (2, 0, str(v))
+
+
+# ---------------------------------------------------------------------- timeline
+
+def timeline_data(trace_or_result, t0: int | None = None, t1: int | None = None,
+                  max_bars: int = MAX_BARS) -> dict:
+    """The timeline's numbers: rows, bars (row, start_ns, dur_ns, mode), markers, mode totals.
+
+    Spans are clipped to [t0, t1).  When more than ``max_bars`` would be drawn, runs of short
+    spans (shorter than ``bin_ns``) in one row are merged into one bar per mode, laid end to
+    end from where the run started; the time per mode and per row stays exact.
+    """
+    trace = _trace_of(trace_or_result)
+    names = _task_names(trace_or_result)
+    spans = trace.spans
+    lo = spans[0][0] if spans else 0
+    hi = spans[-1][1] if spans else 0
+    t0 = lo if t0 is None else max(int(t0), lo)
+    t1 = hi if t1 is None else min(int(t1), hi)
+    if t1 < t0:
+        raise ParameterError(f"t1 ({t1}) is before t0 ({t0})")
+    first = bisect.bisect_right([s[1] for s in spans], t0) if spans else 0
+    clipped = []
+    for a, b, mode, task in spans[first:]:
+        if a >= t1:
+            break
+        a, b = max(a, t0), min(b, t1)
+        if b > a:
+            clipped.append((a, b, mode, task))
+
+    tasks = sorted({s[3] for s in clipped if s[3] is not None})
+    rows = [names.get(t, f"task {t}") for t in tasks]
+    row_of = {t: names.get(t, f"task {t}") for t in tasks}
+    if any(s[3] is None for s in clipped) or not clipped:
+        rows.append(IDLE_ROW)
+    row_of[None] = IDLE_ROW
+
+    totals = dict.fromkeys(MODES, 0)
+    for a, b, mode, _task in clipped:
+        totals[mode] += b - a
+
+    bin_ns = 0
+    if len(clipped) <= max_bars:
+        bars = [(row_of[task], a, b - a, mode) for a, b, mode, task in clipped]
+    else:
+        bin_ns = max(1, (t1 - t0) * 2 * len(rows) // max_bars)
+        while True:
+            bars = _merge(clipped, row_of, bin_ns)
+            if len(bars) <= max_bars:
+                break
+            bin_ns *= 2
+
+    markers = _markers(trace, clipped, row_of, t0, t1)
+    for pts in markers.values():
+        for _t, row, _text in pts:
+            if row not in rows:
+                rows.append(row)
+    return {"rows": rows, "bars": bars, "mode_totals": totals, "t0": t0, "t1": t1,
+            "bin_ns": bin_ns, "spans": len(clipped), "markers": markers,
+            "dropped_records": trace.dropped}
+
+
+def _merge(spans, row_of, bin_ns: int) -> list[tuple[str, int, int, str]]:
+    """Keep spans >= bin_ns as they are; fold each row's runs of shorter ones per mode."""
+    bars = []
+    pending: dict[object, list] = {}        # task -> [start, {mode: ns}]
+
+    def flush(task):
+        start, per_mode = pending.pop(task)
+        at = start
+        for mode in MODES:
+            ns = per_mode.get(mode, 0)
+            if ns:
+                bars.append((row_of[task], at, ns, mode))
+                at += ns
+
+    for a, b, mode, task in spans:
+        dur = b - a
+        if dur >= bin_ns:
+            if task in pending:
+                flush(task)
+            bars.append((row_of[task], a, dur, mode))
+            continue
+        if task in pending and b - pending[task][0] > bin_ns:
+            flush(task)
+        if task not in pending:
+            pending[task] = [a, {}]
+        per_mode = pending[task][1]
+        per_mode[mode] = per_mode.get(mode, 0) + dur
+    for task in list(pending):
+        flush(task)
+    bars.sort(key=lambda bar: bar[1])
+    return bars
+
+
+def _markers(trace: Trace, spans, row_of, t0: int, t1: int) -> dict:
+    """apf_not_present / apf_page_ready / stall records in [t0, t1], each placed on a row."""
+    starts = [s[0] for s in spans]
+
+    def row_at(t: int) -> str:
+        # A stall record is emitted when the stall ends: look just before t.
+        i = bisect.bisect_right(starts, max(t - 1, t0)) - 1
+        return spans[i][3] if 0 <= i < len(spans) else None
+
+    token_task: dict[int, object] = {}
+    out = {kind: [] for kind in MARKERS}
+    for rec in trace.records:
+        kind = rec.kind
+        if kind == "apf_not_present":
+            token_task[rec.get("token")] = rec.get("task")
+        if kind not in out or not t0 <= rec.t_ns <= t1:
+            continue
+        if kind == "apf_not_present":
+            task = rec.get("task")
+            text = f"token {rec.get('token'):#x}, gpn {rec.get('gpn'):#x}"
+        elif kind == "apf_page_ready":
+            task = token_task.get(rec.get("token"), row_at(rec.t_ns))
+            text = f"token {rec.get('token'):#x}, gpn {rec.get('gpn'):#x}, waited {_fmt_ns(rec.get('waited_ns'))}"
+        else:
+            task = row_at(rec.t_ns)
+            text = f"{rec.get('reason')}: {_fmt_ns(rec.get('ns'))}"
+        out[kind].append((rec.t_ns, row_of.get(task, IDLE_ROW), text))
+    return out
+
+
+def timeline(trace_or_result, t0: int | None = None, t1: int | None = None, *,
+             max_bars: int = MAX_BARS, title: str | None = None) -> go.Figure:
+    """The vCPU timeline: one row per guest task plus idle/kernel, bars coloured by mode."""
+    d = timeline_data(trace_or_result, t0, t1, max_bars)
+    fig = go.Figure()
+    for mode in MODES:
+        bars = [b for b in d["bars"] if b[3] == mode]
+        if not bars:
+            continue
+        fig.add_trace(go.Bar(
+            orientation="h", name=mode, y=[b[0] for b in bars], x=[_us(b[2]) for b in bars],
+            base=[_us(b[1]) for b in bars], marker_color=MODE_COLORS[mode], marker_line_width=0,
+            hovertemplate=f"{mode}<br>%{{base}} µs + %{{x}} µs<extra>%{{y}}</extra>"))
+    for kind, (symbol, color, meaning) in MARKERS.items():
+        pts = d["markers"][kind]
+        if not pts:
+            continue
+        step = -(-len(pts) // MAX_MARKERS)
+        shown = pts[::step]
+        fig.add_trace(go.Scatter(
+            mode="markers", name=kind + (f" (1 in {step})" if step > 1 else ""),
+            x=[_us(p[0]) for p in shown], y=[p[1] for p in shown], text=[p[2] for p in shown],
+            marker=dict(symbol=symbol, color=color, size=9, line_width=0),
+            hovertemplate=f"{meaning}<br>%{{x}} µs<br>%{{text}}<extra>%{{y}}</extra>"))
+    note = f" (short spans merged below {_fmt_ns(d['bin_ns'])})" if d["bin_ns"] else ""
+    fig.update_layout(
+        title=title or f"vCPU timeline{note}", barmode="overlay", bargap=0.25,
+        xaxis_title="virtual time (µs)", yaxis=dict(categoryorder="array", categoryarray=d["rows"][::-1]),
+        legend_title_text="mode / event", height=max(260, 90 + 60 * len(d["rows"])),
+        margin=dict(l=10, r=10, t=50, b=40))
+    return fig
+
+
+# ---------------------------------------------------------------------- breakdown
+
+def breakdown_data(results) -> dict:
+    """{"labels": [...], "modes": {mode: [ns per label]}, "elapsed": [...]} from the results."""
+    pairs = _labelled(results)
+    labels = [label for label, _ in pairs]
+    modes = {mode: [int(r.breakdown.get(mode, 0)) for _, r in pairs] for mode in MODES}
+    elapsed = [sum(r.breakdown.values()) for _, r in pairs]
+    return {"labels": labels, "modes": modes, "elapsed": elapsed}
+
+
+def breakdown_bar(results, *, title: str = "Where the vCPU's time went") -> go.Figure:
+    """Stacked bars of vCPU time by mode, one bar per run (APF off next to APF on)."""
+    d = breakdown_data(results)
+    fig = go.Figure()
+    for mode in MODES:
+        ns = d["modes"][mode]
+        if not any(ns):
+            continue
+        fig.add_trace(go.Bar(
+            name=mode, x=d["labels"], y=[_ms(v) for v in ns], customdata=ns,
+            marker_color=MODE_COLORS[mode],
+            hovertemplate=f"{mode}: %{{y:.3f}} ms<extra>%{{x}}</extra>"))
+    for label, total in zip(d["labels"], d["elapsed"]):
+        fig.add_annotation(x=label, y=_ms(total), text=f"{total / 1e6:.2f} ms", showarrow=False,
+                           yshift=10)
+    fig.update_layout(title=title, barmode="stack", yaxis_title="virtual time (ms)",
+                      legend_title_text="mode", margin=dict(l=10, r=10, t=50, b=40))
+    return fig
+
+
+# ---------------------------------------------------------------------- stalls
+
+def _edges(values: list[int]) -> list[int]:
+    """Bin edges in ns: 0, then 1-2-5 steps from 1 µs, up to just past the largest value."""
+    edges = [0]
+    e, k = 1_000, 0
+    top = max(values, default=0)
+    while True:
+        edges.append(e)
+        if e > top:
+            return edges
+        k += 1
+        e = (1_000, 2_000, 5_000)[k % 3] * 10 ** (k // 3)
+
+
+def _bin_label(lo: int, hi: int) -> str:
+    return f"< {_fmt_ns(hi)}" if lo == 0 else f"{_fmt_ns(lo)}–{_fmt_ns(hi)}"
+
+
+def _count(values: list[int], edges: list[int]) -> list[int]:
+    counts = [0] * (len(edges) - 1)
+    for v in values:
+        counts[min(bisect.bisect_right(edges, v) - 1, len(counts) - 1)] += 1
+    return counts
+
+
+def stall_data(results) -> dict:
+    """Stall durations (``stall`` records' ns) and APF waits (``apf_page_ready`` waited_ns).
+
+    Returns {"edges": [...ns], "bins": [labels], "runs": {label: {"stall_ns": [...],
+    "wait_ns": [...], "stall_counts": [...], "wait_counts": [...]}}}; both histograms use the
+    same edges so runs compare bin for bin.
+    """
+    runs = {}
+    for label, r in _labelled(results):
+        trace = _trace_of(r)
+        runs[label] = {"stall_ns": [rec.get("ns") for rec in trace.select("stall")],
+                       "wait_ns": [rec.get("waited_ns") for rec in trace.select("apf_page_ready")]}
+    every = [v for run in runs.values() for v in run["stall_ns"] + run["wait_ns"]]
+    edges = _edges(every)
+    for run in runs.values():
+        run["stall_counts"] = _count(run["stall_ns"], edges)
+        run["wait_counts"] = _count(run["wait_ns"], edges)
+    bins = [_bin_label(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+    return {"edges": edges, "bins": bins, "runs": runs}
+
+
+def stall_histogram(results, *, title: str = "How long the vCPU waited for a page") -> go.Figure:
+    """Left: synchronous stalls (the vCPU did nothing); right: APF waits (the task waited,
+    the vCPU ran something else)."""
+    d = stall_data(results)
+    palette = ("#E45756", "#4C78A8", "#54A24B", "#F58518", "#B279A2", "#72B7B2")
+    # Drop empty bins at either end of the shared range; keep the ones between.
+    totals = [sum(run["stall_counts"][i] + run["wait_counts"][i] for run in d["runs"].values())
+              for i in range(len(d["bins"]))]
+    used = [i for i, n in enumerate(totals) if n]
+    keep = range(used[0], used[-1] + 1) if used else range(0)
+    bins = [d["bins"][i] for i in keep]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=("synchronous stalls (stall records)",
+                                        "APF: fault → page ready (waited_ns)"))
+    for k, (label, run) in enumerate(d["runs"].items()):
+        color = palette[k % len(palette)]
+        for col, key, n in ((1, "stall_counts", len(run["stall_ns"])),
+                            (2, "wait_counts", len(run["wait_ns"]))):
+            fig.add_trace(go.Bar(name=label, legendgroup=label, showlegend=col == 1,
+                                 x=bins, y=[run[key][i] for i in keep], marker_color=color,
+                                 hovertemplate=f"{label}<br>%{{x}}: %{{y}} of {n}<extra></extra>"),
+                          row=1, col=col)
+    fig.update_layout(title=title, barmode="group", margin=dict(l=10, r=10, t=70, b=40))
+    fig.update_yaxes(title_text="count", row=1, col=1)
+    fig.update_xaxes(title_text="duration", type="category")
+    return fig
+
+
+# ---------------------------------------------------------------------- parameter sweeps
+
+def _get(row: Mapping, key: str):
+    """row[key], also reaching into nested dicts with "a.b" (e.g. "work.total")."""
+    if key in row:
+        return row[key]
+    value = row
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise ParameterError(f"sweep row has no {key!r} (keys: {', '.join(map(str, row))})")
+        value = value[part]
+    return value
+
+
+def sweep_series(rows: Iterable[Mapping], x: str, y: str, color: str | None = None) -> dict:
+    """{series value: {"x": [...], "y": [mean], "min": [...], "max": [...], "n": [...]}},
+    x sorted; rows with the same (series, x) (several seeds, say) are averaged."""
+    groups: dict[object, dict[object, list]] = {}
+    for row in rows:
+        key = _get(row, color) if color else None
+        groups.setdefault(key, {}).setdefault(_get(row, x), []).append(_get(row, y))
+    out = {}
+    for key in sorted(groups, key=_sort_key):
+        xs = sorted(groups[key], key=_sort_key)
+        ys = [groups[key][v] for v in xs]
+        out[key] = {"x": xs, "y": [sum(v) / len(v) for v in ys], "min": [min(v) for v in ys],
+                    "max": [max(v) for v in ys], "n": [len(v) for v in ys]}
+    return out
+
+
+def sweep_lines(rows: Iterable[Mapping], x: str, y: str, color: str | None = None, *,
+                title: str | None = None, log_x: bool = False) -> go.Figure:
+    """One line per value of ``color``; error bars span min-max where rows repeat."""
+    series = sweep_series(rows, x, y, color)
+    fig = go.Figure()
+    for key, s in series.items():
+        spread = any(n > 1 for n in s["n"])
+        fig.add_trace(go.Scatter(
+            mode="lines+markers", name=f"{color}={key}" if color else y, x=s["x"], y=s["y"],
+            error_y=dict(type="data", symmetric=False,
+                         array=[hi - m for hi, m in zip(s["max"], s["y"])],
+                         arrayminus=[m - lo for lo, m in zip(s["min"], s["y"])]) if spread else None))
+    fig.update_layout(title=title or f"{y} against {x}", xaxis_title=x, yaxis_title=y,
+                      legend_title_text=color or "", margin=dict(l=10, r=10, t=50, b=40))
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig
+
+
+def sweep_grid(rows: Iterable[Mapping], x: str, y: str, z: str) -> dict:
+    """{"x": [...], "y": [...], "z": [[mean or None per x] per y], "n": [[count]]}."""
+    cells: dict[tuple, list] = {}
+    for row in rows:
+        cells.setdefault((_get(row, x), _get(row, y)), []).append(_get(row, z))
+    xs = sorted({k[0] for k in cells}, key=_sort_key)
+    ys = sorted({k[1] for k in cells}, key=_sort_key)
+    zz = [[(sum(cells[(a, b)]) / len(cells[(a, b)])) if (a, b) in cells else None for a in xs]
+          for b in ys]
+    nn = [[len(cells.get((a, b), ())) for a in xs] for b in ys]
+    return {"x": xs, "y": ys, "z": zz, "n": nn}
+
+
+def sweep_heatmap(rows: Iterable[Mapping], x: str, y: str, z: str, *, title: str | None = None,
+                  colorscale: str = "RdBu") -> go.Figure:
+    """A heatmap of the mean ``z`` for each (x, y) of a sweep; missing cells stay blank."""
+    g = sweep_grid(rows, x, y, z)
+    fig = go.Figure(go.Heatmap(
+        x=[str(v) for v in g["x"]], y=[str(v) for v in g["y"]], z=g["z"], colorscale=colorscale,
+        texttemplate="%{z:.3g}", colorbar_title=z,
+        hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y}}<br>{z}=%{{z:.4g}}<extra></extra>"))
+    fig.update_layout(title=title or f"{z} by {x} and {y}", xaxis_title=x, yaxis_title=y,
+                      xaxis_type="category", yaxis_type="category",
+                      margin=dict(l=10, r=10, t=50, b=40))
+    return fig
+
+
+# ---------------------------------------------------------------------- model vs published
+
+def _metric(result, metric: str) -> float:
+    if metric == "elapsed_ns":
+        return result.elapsed_ns
+    if metric == "work_total":
+        return result.work["total"]
+    if metric == "work_compute":
+        return result.work["compute"]
+    raise ParameterError(f"unknown metric {metric!r}")
+
+
+def published_data(rows) -> list[dict]:
+    """Our APF-on/APF-off ratios next to PROTOCOLS.md section 5.
+
+    ``rows``: a list of dicts, each {"key": one of PUBLISHED, and either "ours": ratio or
+    "off"/"on": two ScenarioResults (or two numbers)}; or a dict key -> (off, on).  The
+    ratio is on/off of the published metric (time for arm64 v3, work for x86 and post-copy).
+    """
+    if isinstance(rows, Mapping):
+        rows = [{"key": k, "off": v[0], "on": v[1]} for k, v in rows.items()]
+    out = []
+    for row in rows:
+        key = row.get("key")
+        if key not in PUBLISHED:
+            raise ParameterError(f"unknown published figure {key!r}; known: {', '.join(PUBLISHED)}")
+        pub = PUBLISHED[key]
+        if "ours" in row:
+            ours = float(row["ours"])
+        else:
+            off, on = row["off"], row["on"]
+            off_v = off if isinstance(off, (int, float)) else _metric(off, pub["metric"])
+            on_v = on if isinstance(on, (int, float)) else _metric(on, pub["metric"])
+            if not off_v:
+                raise ParameterError(f"{key}: the APF-off {pub['metric']} is 0; no ratio")
+            ours = on_v / off_v
+        ratio = pub["after"] / pub["before"]
+        out.append({"key": key, "label": pub["label"], "metric": pub["metric"],
+                    "published": ratio, "ours": ours, "published_change": ratio - 1,
+                    "ours_change": ours - 1, "source": pub["source"]})
+    return out
+
+
+def model_vs_published(rows, *, title: str = "Our model against the published measurements") -> go.Figure:
+    """Grouped bars of APF-on / APF-off ratios: the paper's next to ours; 1.0 = no change."""
+    data = published_data(rows)
+    labels = [d["label"] + ("<br>(time: lower is better)" if d["metric"] == "elapsed_ns"
+                            else "<br>(work: higher is better)") for d in data]
+    fig = go.Figure()
+    for key, name, color in (("published", "published", "#BAB0AC"), ("ours", "apflab", "#4C78A8")):
+        fig.add_trace(go.Bar(
+            name=name, x=labels, y=[round(d[key], 4) for d in data], marker_color=color,
+            text=[f"{d[key] - 1:+.0%}" for d in data], textposition="outside",
+            customdata=[d["source"] for d in data],
+            hovertemplate="%{y:.3f}× (%{text})<br>%{customdata}<extra>" + name + "</extra>"))
+    fig.add_hline(y=1.0, line_dash="dot", line_color="#555")
+    top = max([d["published"] for d in data] + [d["ours"] for d in data] + [1.0])
+    fig.update_layout(title=title, barmode="group", yaxis_title="APF on / APF off",
+                      yaxis_range=[0, top * 1.2], margin=dict(l=10, r=10, t=50, b=40))
+    return fig
+
+
+# ---------------------------------------------------------------------- export
+
+def save_html(fig: go.Figure, path) -> Path:
+    """Write ``fig`` as one standalone HTML file (plotly.js inlined: it opens offline)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path
+
+
+__all__ = ["timeline", "timeline_data", "breakdown_bar", "breakdown_data", "stall_histogram",
+           "stall_data", "sweep_lines", "sweep_series", "sweep_heatmap", "sweep_grid",
+           "model_vs_published", "published_data", "save_html", "MODE_COLORS", "PUBLISHED"]
