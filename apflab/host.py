@@ -185,6 +185,8 @@ class Host:
             if self.apf is not None and self.apf.wants_poll():
                 self.apf.poll()            # the guest may have freed the shared slot
             if self.sdei is not None:
+                if self.sdei.bind_slots:
+                    self.sdei.poll_bound()
                 self.sdei.try_dispatch()   # SDEI events are not masked by PSTATE.I
             self._maybe_take_irq()
             left = budget_end - self.retired
@@ -259,6 +261,8 @@ class Host:
         return "handler" if self.handler_running() else "el1"
 
     def _halt_until_event(self) -> None:
+        if self.sdei is not None and self.sdei.bind_slots:
+            self.sdei.poll_bound()
         if self.gic.signalling() or (self.sdei is not None and self.sdei.deliverable() is not None):
             self.halted = False
             self.trace.emit(self.now, "wake", intid=self.gic.highest_pending())

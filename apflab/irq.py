@@ -43,6 +43,7 @@ class GicCpu:
     active: list[bool] = field(default_factory=lambda: [False] * NUM_INTIDS)
     priority: list[int] = field(default_factory=lambda: [DEFAULT_PRIORITY] * NUM_INTIDS)
     active_stack: list[int] = field(default_factory=list)   # INTIDs in acknowledge order
+    bound: set = field(default_factory=set)     # INTIDs bound to SDEI events: never signalled as IRQs
     on_event: object = None          # callable(kind, fields) for the trace, set by the host
 
     # -------------------------------------------------------------- lines
@@ -61,7 +62,8 @@ class GicCpu:
         self._emit("irq_line", intid=intid, level=True)
 
     def is_pending(self, intid: int) -> bool:
-        return (self.line[intid] or self.edge_pending[intid]) and not self.active[intid]
+        return ((self.line[intid] or self.edge_pending[intid]) and not self.active[intid]
+                and intid not in self.bound)
 
     # -------------------------------------------------------------- delivery
     def running_priority(self) -> int:

@@ -269,6 +269,19 @@ class SdeiService:
         self.host.trace.emit(self.host.now, "sdei_raise", event=number)
         return self.try_dispatch() == number
 
+    def poll_bound(self) -> None:
+        """A bound interrupt whose line is high triggers its event (DEN0054C 4.2, bound events).
+
+        Lines are level-sensitive: if the line is still high when the handler
+        completes, the event triggers again.
+        """
+        line = self.host.gic.line
+        for num, intid in self.bind_slots.items():
+            ev = self.events[num]
+            if line[intid] and ev.state == S_ENABLED and not ev.triggered:
+                ev.triggered = True
+                self.host.trace.emit(self.host.now, "sdei_raise", event=num, intid=intid)
+
     def can_dispatch_now(self, number: int) -> bool:
         """Would a raise of ``number`` be delivered at once (the APF fallback test)?"""
         ev = self.events.get(number)
@@ -484,6 +497,7 @@ class SdeiService:
                    if n not in self.bind_slots)
         self.bind_slots[num] = intid
         self.events[num] = Event(EventDef(num, f"bound to INTID {intid}", bound_intid=intid))
+        self.host.gic.bound.add(intid)    # from now on the interrupt is delivered as this event
         return num
 
     def _interrupt_release(self, call: Call) -> int:
@@ -492,7 +506,7 @@ class SdeiService:
             return INVALID_PARAMETERS
         if self.events[num].state != S_UNREGISTERED:
             return DENIED                 # DEN0054C 5.1.14: unregister it first
-        del self.bind_slots[num]
+        self.host.gic.bound.discard(self.bind_slots.pop(num))
         del self.events[num]
         return SUCCESS
 
