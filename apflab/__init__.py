@@ -25,9 +25,12 @@ def __getattr__(name):
     if name in ("run_scenario", "ScenarioResult", "SCENARIOS", "compare"):
         from . import scenarios
         return getattr(scenarios, name)
+    if name == "sweep":
+        from .sweep import sweep
+        return sweep
     raise AttributeError(f"module 'apflab' has no attribute {name!r}")
 
 
 __all__ = ["Machine", "RAM_BASE", "HostCosts", "Trace", "ApflabError", "AsmError", "BudgetExceeded",
            "GuestError", "GuestFault", "HookError", "InvariantError", "ParameterError",
-           "TraceFormatError", "run_scenario", "ScenarioResult", "SCENARIOS", "compare"]
+           "TraceFormatError", "run_scenario", "ScenarioResult", "SCENARIOS", "compare", "sweep"]

@@ -59,6 +59,18 @@ class ScenarioResult:
                 "breakdown": self.breakdown, "instructions": self.instructions,
                 "trace_digest": self.trace.digest()}
 
+    def row(self) -> dict:
+        """One flat row (parameters, headline numbers, fallbacks, time by mode) for CSV/pandas."""
+        row = {"scenario": self.name, "apf": self.apf, "seed": self.seed,
+               **{f"param.{k}": v for k, v in self.params.items()},
+               "elapsed_ns": self.elapsed_ns, "stall_ns": self.stall_ns,
+               "work_total": self.work.get("total"), "work_compute": self.work.get("compute"),
+               "faults": self.faults, "apf_not_present": self.apf_not_present,
+               "apf_page_ready": self.apf_page_ready, "trace_digest": self.trace.digest()}
+        row.update({f"fallback.{k}": v for k, v in self.fallbacks.items()})
+        row.update({f"time.{k}": v for k, v in self.breakdown.items()})
+        return row
+
     def to_json(self) -> str:
         return json.dumps(self.summary(), sort_keys=True)
 
