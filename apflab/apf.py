@@ -248,9 +248,15 @@ class ApfService:
         fid = call.fid
         if fid == VENDOR_HYP_KVM_FEATURES:
             return FEATURE_ASYNC_PF if self.allowed else 0
-        if fid != VENDOR_HYP_KVM_ASYNC_PF or not self.allowed:
+        if fid != VENDOR_HYP_KVM_ASYNC_PF:
             return SMCCC_NOT_SUPPORTED
         sub = call.arg(1)
+        if sub == ASYNC_PF_IRQ_ACK:
+            # Honoured even after the host withdrew the feature: a page ready (or the
+            # wake-all sent on withdrawal) must still be acknowledgeable.
+            return self.irq_ack()
+        if not self.allowed:
+            return SMCCC_NOT_SUPPORTED
         if sub == ASYNC_PF_VERSION:
             return APF_VERSION
         if sub == ASYNC_PF_SLOTS:
@@ -262,8 +268,6 @@ class ApfService:
             return APF_PPI
         if sub == ASYNC_PF_ENABLE:
             return self._enable(call.arg(2), call.arg(3))
-        if sub == ASYNC_PF_IRQ_ACK:
-            return self.irq_ack()
         return SMCCC_NOT_SUPPORTED
 
     def _enable(self, lo: int, hi: int) -> int:

@@ -263,6 +263,51 @@ def test_enable_writes_enabled_word_and_leaves_the_pad_alone():
     assert m.apf.enabled and m.apf.block_gpa == b
 
 
+def test_enable_is_refused_before_the_event_is_registered_and_checks_its_argument():
+    """ENABLE before EVENT_REGISTER, with a reserved flag bit, or with a block outside RAM is
+    refused (a negative SMCCC code) and changes nothing; a good ENABLE succeeds; ENABLE with
+    bit 0 clear turns APF off again, after which a fault is synchronous (apf_disabled)."""
+    def enable(word: int) -> list[str]:
+        return (mov64("x0", KVM_ASYNC_PF) + [f"mov x1, #{ASYNC_PF_ENABLE}"] + mov64("x2", word & 0xFFFF_FFFF)
+                + mov64("x3", word >> 32) + ["hvc #0", "str x0, [x20], #8"])
+    block_addr = RAM_BASE + 0x3000
+    outside = RAM_BASE + (16 << 20)
+    src = "\n".join([
+        "    .balign 2048", "vectors:", "    .space 2048", "_start:", "    adr x0, vectors", "    msr vbar_el1, x0",
+        "    adr x20, results", *("    " + l for l in enable(block_addr | 1)),
+        *("    " + l for l in mov64("x0", SDEI_EVENT_REGISTER)), "    mov x1, #1", "    adr x2, vectors",
+        "    mov x3, #0", "    mov x4, #0", "    mov x5, #0", "    hvc #0", "    str x0, [x20], #8",
+        *("    " + l for l in enable(block_addr | 1 | 4)),
+        *("    " + l for l in enable(block_addr | 1 | (1 << 32))),
+        *("    " + l for l in enable(outside | 1)),
+        "    brk #0", "refused:",
+        *("    " + l for l in enable(block_addr | 1)),
+        "    brk #0", "enabled:",
+        *("    " + l for l in enable(block_addr)),
+        "    brk #0", "disabled:",
+        *("    " + l for l in mov64("x10", BUF)), "    ldr x11, [x10]",
+        "    brk #0", "el0_done:",
+        "    .balign 8", "results:", "    .space 128", ""])
+    m = Machine(seed=0)
+    syms = m.load_asm(src)
+    swap_out(m, BUF)
+    res = lambda n: [m.read_u64(syms["results"] + 8 * i) for i in range(n)]
+    neg = lambda v: v >> 63 == 1
+    run_to(m, syms, "refused")
+    r = res(5)
+    assert neg(r[0]) and r[1] == 0 and neg(r[2]) and neg(r[3]) and neg(r[4]), [hex(v) for v in r]
+    assert not m.apf.enabled and m.read_u32(block_addr + OFF_ENABLED) == 0
+    assert m.trace.select("apf_enable") == []
+    run_to(m, syms, "enabled")
+    assert res(6)[5] == 0 and m.apf.enabled and m.apf.block_gpa == block_addr
+    assert m.read_u32(block_addr + OFF_ENABLED) == 1
+    run_to(m, syms, "disabled")
+    assert res(7)[6] == 0 and not m.apf.enabled
+    m.run()                                          # the load: APF is off, so it stalls
+    assert dict(m.apf.fallbacks) == {"apf_disabled": 1}
+    assert m.apf.not_present_count == 0
+
+
 def test_page_ready_waits_for_the_guest_to_free_the_slot():
     """The SDEI handler does not clear the slot. The page-in finishes (the page is mapped),
     but "page ready" is not written while reason != 0; once EL0 clears it, the host
@@ -380,6 +425,35 @@ def test_wake_all_token_wakes_every_waiting_task():
     assert all(t["parked"] == t["wakeups"] for t in st["tasks"])
     assert WAKE_ALL in tokens(m, "apf_ack")
     assert m.apf.work == {} and m.apf.wake_all_count == 1
+
+
+def test_wake_all_after_the_host_turns_apf_off_releases_the_waiters():
+    """PROTOCOLS.md 3: IRQ_ACK lowers the PPI; token ~0 wakes every waiting task. Switching
+    APF off at the host with a task parked, then sending wake-all, must let the task run
+    on (its later faults synchronous) and finish."""
+    tasks = [guest.memtouch(8, rounds=1, first_round=1), guest.compute(iters=40, report=8, measured=False)]
+    m = Machine(seed=0)
+    syms = m.load_asm(guest.build_source(tasks, tick_ns=100_000))
+    guest.pin_kernel(m, syms)
+    guest.attach(m, syms)
+    for i, addr in enumerate(guest.task_buffers(tasks)[0]):
+        m.write_u64(addr, guest.memtouch_value(0, 0, i))
+        m.evict(addr)
+    state = lambda: guest.read_kernel_state(m, syms)
+    assert m.host.run(10_000_000, until=lambda: state()["tasks"][0]["state"] == "apf_wait") is None
+    m.apf.allowed = False
+    m.apf.wake_all()
+    bad_ready = syms["apf_bad_ready"]
+    # Stop early if the guest is stuck re-taking an unacknowledgeable page-ready PPI.
+    stop = m.host.run(2_000_000, budget_error=False, until=lambda: m.read_u64(bad_ready) > 100)
+    st = state()
+    assert st["apf"]["bad_ready"] == 0
+    assert stop is not None and st["stop_reason"] == "stop_mask tasks exited"
+    mt = st["tasks"][0]
+    assert mt["exited"] and mt["mismatches"] == 0 and mt["parked"] == mt["wakeups"] == 1
+    assert WAKE_ALL in tokens(m, "apf_ack")
+    assert not m.host.gic.line[APF_PPI]
+    assert m.apf.fallbacks["apf_disabled"] > 0          # faults after the switch-off stall
 
 
 # ---------------------------------------------------------------------- 5. fallbacks
