@@ -33,6 +33,11 @@ from unicorn import (UC_ARCH_ARM64, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EX
                      UC_MODE_ARM, UC_PROT_ALL, UC_TLB_VIRTUAL, Uc, UcError)
 from unicorn import arm64_const as A
 
+try:   # the binding's C library handle: plain 64-bit registers without its per-call dispatch
+    from unicorn.unicorn_py3.unicorn import uclib as _uclib
+except ImportError:  # pragma: no cover - other binding layouts fall back to Uc.reg_read
+    _uclib = None
+
 from .asm import disassemble_one
 from .errors import HookError, InvariantError
 
@@ -200,6 +205,12 @@ class Vcpu:
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])
         self._counter_addr = uc._uch.value + _InsnCounter.offset()
+        self._u64 = ctypes.c_uint64()
+        self._u64_ref = ctypes.byref(self._u64)
+        if _uclib is not None:
+            self._rd, self._wr = self._rd_fast, self._wr_fast
+        else:
+            self._rd, self._wr = uc.reg_read, uc.reg_write
 
         # Callbacks set by the host.
         self.is_mapped: Callable[[int], bool] = lambda ipa: True
@@ -222,22 +233,32 @@ class Vcpu:
         uc.hook_add(UC_HOOK_INSN, self._msr, None, 1, 0, A.UC_ARM64_INS_MSR)
 
     # ------------------------------------------------------------------ registers
+    def _rd_fast(self, rid: int) -> int:
+        # Some registers (PSTATE) are 32-bit: clear the buffer so no stale half remains.
+        self._u64.value = 0
+        _uclib.uc_reg_read(self._uc._uch, rid, self._u64_ref)
+        return self._u64.value
+
+    def _wr_fast(self, rid: int, value: int) -> None:
+        self._u64.value = value
+        _uclib.uc_reg_write(self._uc._uch, rid, self._u64_ref)
+
     def _read_id(self, rid) -> int:
         # Registers unicorn has no constant for (SPSR_EL1, SCTLR_EL1) go by encoding.
         if isinstance(rid, tuple):
             return self._uc.cpr_read(*rid)
-        return self._uc.reg_read(rid)
+        return self._rd(rid)
 
     def _write_id(self, rid, value: int) -> None:
         if isinstance(rid, tuple):
             self._uc.cpr_write(*rid, value)
         else:
-            self._uc.reg_write(rid, value)
+            self._wr(rid, value)
 
     def reg(self, name: str) -> int:
         name = name.lower()
         if name in ("sp_el0", "sp_el1") and self._live_sp_name() == name:
-            return self._uc.reg_read(A.UC_ARM64_REG_SP)
+            return self._rd(A.UC_ARM64_REG_SP)
         rid = _GPRS.get(name) or _SYSREGS.get(name)
         if rid is None:
             raise KeyError(f"unknown register {name!r}; known: {', '.join(REG_NAMES)}")
@@ -250,7 +271,7 @@ class Vcpu:
             self.set_pstate(value)
             return
         if name in ("sp_el0", "sp_el1") and self._live_sp_name() == name:
-            self._uc.reg_write(A.UC_ARM64_REG_SP, value)
+            self._wr(A.UC_ARM64_REG_SP, value)
             return
         rid = _GPRS.get(name) or _SYSREGS.get(name)
         if rid is None:
@@ -258,22 +279,22 @@ class Vcpu:
         self._write_id(rid, value)
 
     def x(self, i: int) -> int:
-        return self._uc.reg_read(A.UC_ARM64_REG_X0 + i if i < 29 else _GPRS[f"x{i}"])
+        return self._rd(A.UC_ARM64_REG_X0 + i if i < 29 else _GPRS[f"x{i}"])
 
     def set_x(self, i: int, value: int) -> None:
-        self._uc.reg_write(A.UC_ARM64_REG_X0 + i if i < 29 else _GPRS[f"x{i}"], value & (1 << 64) - 1)
+        self._wr(A.UC_ARM64_REG_X0 + i if i < 29 else _GPRS[f"x{i}"], value & (1 << 64) - 1)
 
     @property
     def pc(self) -> int:
-        return self._uc.reg_read(A.UC_ARM64_REG_PC)
+        return self._rd(A.UC_ARM64_REG_PC)
 
     @pc.setter
     def pc(self, value: int) -> None:
-        self._uc.reg_write(A.UC_ARM64_REG_PC, value)
+        self._wr(A.UC_ARM64_REG_PC, value)
 
     @property
     def pstate(self) -> int:
-        return self._uc.reg_read(A.UC_ARM64_REG_PSTATE)
+        return self._rd(A.UC_ARM64_REG_PSTATE)
 
     @property
     def el(self) -> int:
@@ -291,11 +312,11 @@ class Vcpu:
         """
         uc = self._uc
         old_bank = self._live_sp_name()
-        sp = uc.reg_read(A.UC_ARM64_REG_SP)
-        uc.reg_write(_SYSREGS[old_bank], sp)
-        uc.reg_write(A.UC_ARM64_REG_PSTATE, value)
+        sp = self._rd(A.UC_ARM64_REG_SP)
+        self._wr(_SYSREGS[old_bank], sp)
+        self._wr(A.UC_ARM64_REG_PSTATE, value)
         new_bank = self._live_sp_name()
-        uc.reg_write(A.UC_ARM64_REG_SP, uc.reg_read(_SYSREGS[new_bank]))
+        self._wr(A.UC_ARM64_REG_SP, self._rd(_SYSREGS[new_bank]))
         # Any CP register write rebuilds the cached hflags (EL, SP select).
         uc.cpr_write(*_TPIDR_EL0, uc.cpr_read(*_TPIDR_EL0))
 
@@ -350,12 +371,12 @@ class Vcpu:
         from_lower = ((pstate >> 2) & 3) == 0
         vector = self.reg("vbar_el1") + self.vector_base(from_lower) + kind
         uc = self._uc
-        uc.reg_write(A.UC_ARM64_REG_ELR_EL1, return_pc)
+        self._wr(A.UC_ARM64_REG_ELR_EL1, return_pc)
         uc.cpr_write(*_SYSREGS["spsr_el1"], pstate & 0xFFFFFFFF)
         if esr is not None:
-            uc.reg_write(A.UC_ARM64_REG_ESR_EL1, esr)
+            self._wr(A.UC_ARM64_REG_ESR_EL1, esr)
         if far is not None:
-            uc.reg_write(A.UC_ARM64_REG_FAR_EL1, far)
+            self._wr(A.UC_ARM64_REG_FAR_EL1, far)
         self.set_pstate((pstate & ~0xFFFFFFFF) | (pstate & 0xF0000000) | PSTATE_EL1H_MASKED)
         self.pc = vector
         return vector
@@ -442,7 +463,7 @@ class Vcpu:
         if is_write:
             self.sysreg_write[key](value)
         else:
-            self._uc.reg_write(reg_id, self.sysreg_read[key]() & (1 << 64) - 1)
+            self._wr(reg_id, self.sysreg_read[key]() & (1 << 64) - 1)
         self.pc = insn_pc + 4
         return Exit(ExitKind.SYSREG, retired, self.pc)
 
@@ -466,7 +487,7 @@ class Vcpu:
 
     def _intr(self, uc, intno, _ud):
         try:
-            pc = uc.reg_read(A.UC_ARM64_REG_PC)
+            pc = self._rd(A.UC_ARM64_REG_PC)
             if intno in (_INTNO_HVC, _INTNO_SWI, _INTNO_SMC):
                 imm = (self.insn_word(pc - 4) >> 5) & 0xFFFF
                 kind = {_INTNO_HVC: ExitKind.HVC, _INTNO_SWI: ExitKind.SVC, _INTNO_SMC: ExitKind.SMC}[intno]
@@ -492,7 +513,7 @@ class Vcpu:
         if key not in (self.sysreg_write if is_write else self.sysreg_read):
             return 0  # not ours: the CPU model executes it
         # Stop here; ``_finish_sysreg`` emulates it with the clock at this instruction.
-        self._sysreg = (key, is_write, cp.val, reg_id, self._uc.reg_read(A.UC_ARM64_REG_PC))
+        self._sysreg = (key, is_write, cp.val, reg_id, self._rd(A.UC_ARM64_REG_PC))
         self._uc.emu_stop()
         return 1
 

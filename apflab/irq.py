@@ -44,6 +44,7 @@ class GicCpu:
     priority: list[int] = field(default_factory=lambda: [DEFAULT_PRIORITY] * NUM_INTIDS)
     active_stack: list[int] = field(default_factory=list)   # INTIDs in acknowledge order
     bound: set = field(default_factory=set)     # INTIDs bound to SDEI events: never signalled as IRQs
+    raised: set = field(default_factory=set)    # INTIDs whose line is high or edge pending (fast path)
     on_event: object = None          # callable(kind, fields) for the trace, set by the host
 
     # -------------------------------------------------------------- lines
@@ -52,6 +53,7 @@ class GicCpu:
         self._check(intid)
         if self.line[intid] != level:
             self.line[intid] = level
+            self._update_raised(intid)
             self._emit("irq_line", intid=intid, level=level)
 
     def send_sgi(self, intid: int) -> None:
@@ -59,6 +61,7 @@ class GicCpu:
         if intid >= 16:
             raise InvariantError(f"INTID {intid} is not an SGI")
         self.edge_pending[intid] = True
+        self.raised.add(intid)
         self._emit("irq_line", intid=intid, level=True)
 
     def is_pending(self, intid: int) -> bool:
@@ -72,14 +75,20 @@ class GicCpu:
     def highest_pending(self) -> int:
         """The INTID the guest would acknowledge now, or SPURIOUS."""
         best, best_prio = SPURIOUS, 0x100
-        for intid in range(NUM_INTIDS):
+        for intid in sorted(self.raised):
             if self.is_pending(intid) and self.priority[intid] < best_prio:
                 best, best_prio = intid, self.priority[intid]
         return best
 
+    def _update_raised(self, intid: int) -> None:
+        if self.line[intid] or self.edge_pending[intid]:
+            self.raised.add(intid)
+        else:
+            self.raised.discard(intid)
+
     def signalling(self) -> bool:
         """True when the CPU interface asserts IRQ to the PE (PSTATE.I decides the rest)."""
-        if not (self.igrpen1 & 1):
+        if not self.raised or not (self.igrpen1 & 1):
             return False
         intid = self.highest_pending()
         if intid == SPURIOUS:
@@ -97,6 +106,7 @@ class GicCpu:
             return SPURIOUS
         intid = self.highest_pending()
         self.edge_pending[intid] = False
+        self._update_raised(intid)
         self.active[intid] = True
         self.active_stack.append(intid)
         self._emit("irq_ack", intid=intid)
