@@ -13,16 +13,23 @@ import platform
 import sys
 import time
 
-from . import resident
+from . import faults, resident, scale
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the best is kept")
     ap.add_argument("--iterations", type=int, default=4_000_000, help="guest loop iterations (6 insns each)")
+    ap.add_argument("--fault-pages", type=int, default=1024, help="memtouch buffer pages for faults/s")
+    ap.add_argument("--scale", action="store_true",
+                    help="also run the 1 GiB guest / 512 MiB limit memory benchmark (minutes)")
+    ap.add_argument("--scale-pages", type=int, default=192 * 1024, help="memtouch buffer pages for --scale")
     args = ap.parse_args(argv)
     out = {"python": platform.python_version(), "machine": platform.machine(),
-           "resident_loop": resident.measure(args.iterations, args.repeat)}
+           "resident_loop": resident.measure(args.iterations, args.repeat),
+           "fault_handling": faults.measure(args.fault_pages, args.repeat)}
+    if args.scale:
+        out["scale"] = scale.measure(args.scale_pages, 128 * 1024)
     json.dump(out, sys.stdout, indent=2)
     print()
     return 0

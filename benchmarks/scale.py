@@ -1,0 +1,34 @@
+"""Scale: a 1 GiB guest under a 512 MiB host limit runs ``memtouch``; peak host memory.
+
+Target (issue 6): peak resident memory of the whole process under 1.5 GiB.
+Run in a child process so the figure is this run's own (ru_maxrss).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+TARGET_BYTES = int(1.5 * (1 << 30))
+
+CHILD = r"""
+import json, resource, time, apflab
+t = time.perf_counter()
+r = apflab.run_scenario("memtouch", apf=True, seed=0, ram_mib=1024, npages={npages},
+                        limit_pages={limit}, rounds=1, max_instructions=10**10)
+dt = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"faults": r.faults, "seconds": round(dt, 1), "peak_rss_bytes": peak}}))
+"""
+
+
+def measure(npages: int, limit_pages: int) -> dict:
+    code = CHILD.format(npages=npages, limit=limit_pages)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out.update(guest_ram_bytes=1 << 30, host_limit_bytes=limit_pages * 4096,
+               buffer_bytes=npages * 4096, target_peak_bytes=TARGET_BYTES,
+               ratio_to_target=round(out["peak_rss_bytes"] / TARGET_BYTES, 3),
+               meets_target=out["peak_rss_bytes"] < TARGET_BYTES)
+    return out
