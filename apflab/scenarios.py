@@ -131,7 +131,7 @@ def _machine(p: dict, seed: int, apf: bool, limit_pages: int | None, ram_mib: in
 
 
 def _boot(m: Machine, tasks, p: dict, apf: bool, **build):
-    src = guest.build_source(tasks, tick_ns=p["tick_ns"], apf_enable=True, **build)
+    src = guest.build_source(tasks, tick_ns=p["tick_ns"], apf_enable=True, ram_size=m.ram_size, **build)
     syms = m.load_asm(src)
     guest.pin_kernel(m, syms)
     guest.attach(m, syms)
