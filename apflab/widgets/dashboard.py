@@ -11,6 +11,7 @@ so a number on the dashboard can be reproduced from a cell with the same call.
 from __future__ import annotations
 
 import html
+import json
 
 import ipywidgets as W
 
@@ -18,8 +19,8 @@ from .. import scenarios
 from ..errors import ApflabError, ParameterError
 from .. import plots
 
-# Latency choices: None = the store's own median (ssd 50 µs, hdd 13 ms; post-copy: 200 µs RTT).
-LATENCIES = [("store default", None), ("10 µs", 10_000), ("50 µs", 50_000), ("150 µs", 150_000),
+# Latency choices: 0 = the store's own median (ssd 50 µs, hdd 13 ms; post-copy: 200 µs RTT).
+LATENCIES = [("store default", 0), ("10 µs", 10_000), ("50 µs", 50_000), ("150 µs", 150_000),
              ("1 ms", 1_000_000), ("5 ms", 5_000_000), ("13 ms", 13_000_000)]
 
 # Task mixes per scenario: label -> the parameters that set it.
@@ -56,7 +57,7 @@ class StallDashboard:
                                    description="scenario", style=style, layout=wide)
         self.store = W.Dropdown(options=["ssd", "hdd"], value="ssd", description="swap store",
                                 style=style, layout=wide)
-        self.latency = W.SelectionSlider(options=LATENCIES, value=None, description="latency",
+        self.latency = W.SelectionSlider(options=LATENCIES, value=0, description="latency",
                                          style=style, layout=wide)
         self.limit = W.IntSlider(value=64, min=8, max=1024, step=8, description="memory limit",
                                  style=style, layout=wide, tooltip="host memory limit (pages)")
@@ -93,7 +94,7 @@ class StallDashboard:
         self.store.disabled = postcopy
         self.latency.description = "network RTT" if postcopy else "latency"
         rules = scenarios.parameters(name)
-        self.npages.description_tooltip = rules["npages"]["rule"]
+        self.npages.tooltip = rules["npages"]["rule"]
 
     def params(self) -> dict:
         """The scenario's parameters as the controls set them (what ``run`` passes to compare)."""
@@ -104,11 +105,11 @@ class StallDashboard:
             p["limit_pages"] = self.limit.value
         p.update(MIXES[name][self.mix.value])
         if name == "postcopy":
-            if self.latency.value is not None:
+            if self.latency.value:
                 p["rtt_ns"] = self.latency.value
         else:
             p["store"] = self.store.value
-            p["latency_ns"] = self.latency.value
+            p["latency_ns"] = self.latency.value or None
         return p
 
     def run(self):
@@ -130,12 +131,21 @@ class StallDashboard:
         self.headline.value = _headline(name, off, on)
         self.figure = plots.breakdown_bar({"APF off": off, "APF on": on},
                                           title=f"{name}: where the vCPU's time went")
-        self.chart.outputs = ()
-        self.chart.append_display_data(self.figure)
+        self.chart.outputs = (figure_output(self.figure),)
         return self.last
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+def figure_output(fig) -> dict:
+    """A display_data output for an ``Output`` widget: plotly's JSON mimetype (drawn by the
+    jupyterlab-plotly renderer shipped with plotly), no plotly.js embedded."""
+    spec = json.loads(fig.to_json())
+    spec.setdefault("config", {"displaylogo": False})
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"application/vnd.plotly.v1+json": spec,
+                     "text/plain": f"<plotly figure: {fig.layout.title.text or 'untitled'}>"}}
 
 
 def headline(name: str, off, on) -> dict:

@@ -229,8 +229,13 @@ class Explorer:
                     f"{desc['jitter']} ({desc['channels']} channel(s), as built)")
         if kind == "apf":
             m.apf.allowed = action[1]
-            return f"APF {'allowed' if action[1] else 'not allowed'}: future faults " + \
-                   ("may be asynchronous" if action[1] else "stall (reason apf_disabled)")
+            line = f"APF {'allowed' if action[1] else 'not allowed'}: future faults " + \
+                ("may be asynchronous" if action[1] else "stall (reason apf_disabled)")
+            real = [w for w in m.apf.work.values() if w.gpn >= 0]
+            if real and not action[1]:
+                line += (f"; {len(real)} async page-in(s) still outstanding: watch how their "
+                         "page-ready notices and the guest's IRQ_ACK fare")
+            return line
         if kind == "mask":
             set_pe_masked(m, action[1])
             return "PE masked: SDEI events wait, faults stall (pe_masked)" if action[1] else "PE unmasked"
@@ -272,7 +277,8 @@ class Explorer:
         undone = self.actions.pop()
         self._marks.pop()
         self._replay(self.actions)
-        self.status = f"stepped back over {_describe(undone)} (replayed {len(self.actions)} action(s))"
+        self.status = (f"stepped back over {_describe(undone)}: replayed {len(self.actions)} "
+                       "action(s) on a fresh machine; pc, clock and trace digest match")
         self.refresh()
         return self.status
 
@@ -525,6 +531,11 @@ class Explorer:
         task = self._current_task()
         where = "idle/kernel" if task is None else f"task {task}"
         done = " — <b>guest finished (brk #0)</b>" if self.guest_stopped else ""
+        rec = self.stopped_at
+        if rec is not None and rec.get("pc") is not None:
+            # The run stops after the host handled the event (an SDEI may already be
+            # dispatched), so the PC below can be the handler's: show where it happened.
+            done += f"<br>stopped at <b>{rec.kind}</b> raised at pc {rec.get('pc'):#x}"
         return (f"<b>pc</b> {m.vcpu.pc:#x} &nbsp; <b>EL</b>{m.vcpu.el} &nbsp; <b>t</b> = "
                 f"{m.now_ns:,} ns &nbsp; <b>retired</b> {m.host.retired:,} &nbsp; <b>running</b> "
                 f"{where} &nbsp; <b>actions</b> {len(self.actions)} &nbsp; <b>seed</b> {self.seed}{done}")
