@@ -71,7 +71,7 @@ ESR_IL = 1 << 25
 
 EC_NAMES = {
     EC_UNKNOWN: "unknown reason (undefined instruction)", EC_WFX: "WFI/WFE",
-    EC_SVC64: "SVC from AArch64", EC_HVC64: "HVC from AArch64",
+    EC_SVC64: "SVC from AArch64", EC_HVC64: "HVC from AArch64", 0x17: "SMC from AArch64",
     EC_IABT_LOW: "instruction abort from a lower EL", EC_IABT_CUR: "instruction abort from the current EL",
     EC_DABT_LOW: "data abort from a lower EL", EC_DABT_CUR: "data abort from the current EL",
     EC_BRK64: "BRK from AArch64",
@@ -540,7 +540,7 @@ def decode_esr(esr: int) -> str:
     iss = esr & 0x1FFFFFF
     name = EC_NAMES.get(ec, f"EC {ec:#x}")
     text = f"ESR={esr:#x} (EC={ec:#x}: {name}"
-    if ec in (EC_SVC64, EC_HVC64, EC_BRK64):
+    if ec in (EC_SVC64, EC_HVC64, 0x17, EC_BRK64):
         text += f", imm={iss & 0xFFFF:#x}"
     if ec in (EC_DABT_LOW, EC_DABT_CUR):
         text += ", write" if iss & (1 << 6) else ", read"

@@ -36,7 +36,10 @@ class HostCosts:
       Performance and Architectural Implications" (ISCA 2016) measured ~6,400
       cycles on KVM/arm (non-VHE, 2.4 GHz X-Gene); VHE brings it near 1,000
       cycles. 1 µs sits between.
-    - ``exit_ns``: any other trap to the host and back (sysreg trap, WFI exit).
+    - ``exit_ns``: any other trap to the host and back (a WFI exit). The GIC CPU
+      interface and the virtual timer are emulated through sysreg traps here, but
+      on hardware with a GICv3 and the generic timer those accesses do not exit,
+      so they are charged nothing.
     - ``fault_ns``: a stage-2 fault resolved without I/O (map a zero page or a
       page already in host memory): KVM's user_mem_abort plus the exit, a few µs.
     - ``inject_ns``: building an SDEI/IRQ injection on the way back in.

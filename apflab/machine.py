@@ -131,6 +131,11 @@ class Machine:
     def regs(self) -> dict[str, int]:
         return self._vcpu.regs()
 
+    def disasm(self, addr: int | None = None, count: int = 1) -> list[tuple[int, str]]:
+        """Disassemble ``count`` instructions from ``addr`` (default: the PC)."""
+        addr = self._vcpu.pc if addr is None else addr
+        return [(a, self._vcpu.disasm_at(a)) for a in range(addr, addr + 4 * count, 4)]
+
     # ------------------------------------------------------------------ memory (wherever the page is)
     def read(self, addr: int, size: int) -> bytes:
         return self._stage2.read(addr, size)

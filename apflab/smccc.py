@@ -58,7 +58,9 @@ class ArchService:
         if call.fid == SMCCC_VERSION:
             return SMCCC_VERSION_1_1
         if call.fid == SMCCC_ARCH_FEATURES:
-            return 0 if self.router.owner(call.arg(1) & 0xFFFFFFFF) is not None else NOT_SUPPORTED
+            # DEN0028 7.3: this queries Arm architecture calls only; of those, this
+            # platform implements SMCCC_VERSION and SMCCC_ARCH_FEATURES itself.
+            return 0 if call.arg(1) & 0xFFFFFFFF in (SMCCC_VERSION, SMCCC_ARCH_FEATURES) else NOT_SUPPORTED
         return NOT_SUPPORTED
 
 

@@ -27,6 +27,15 @@ class CheckResult:
         return ("correct: " if self.correct else "not yet: ") + self.message
 
 
+def _same(a, b) -> bool:
+    """Equal as a student means it: lists and tuples alike, -1 and 0xFFFF_FFFF_FFFF_FFFF alike."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool) and not isinstance(b, bool):
+        return (a - b) % (1 << 64) == 0
+    return a == b
+
+
 class Exercise:
     """Base class: subclasses set ``title`` and implement ``_draw``, ``_solve``, ``question``."""
     title = ""
@@ -55,7 +64,7 @@ class Exercise:
 
     def check(self, value) -> CheckResult:
         expected = self.answer()
-        if value == expected:
+        if _same(value, expected):
             return CheckResult(True, f"{value} is right.")
         return CheckResult(False, f"{value!r} is not it. {self.hint()}")
 
