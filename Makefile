@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test bench clean
+.PHONY: lab test test-browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,15 @@ lab: $(STAMP)
 
 ## make test: create .venv, install the test extras, run every test (nbval included)
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --ignore=tests/browser
 	$(BIN)/python -m pytest --nbval --nbval-current-env -p no:cacheprovider labs
+
+## make test-browser: JupyterLab and Voila in headless Chromium (Debian's chromium, never a download)
+test-browser: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[browser]'
+	@command -v chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+		|| echo "chromium could not be installed here: the browser tests will skip and say so"
+	$(BIN)/python -m pytest tests/browser -ra
 
 ## make bench: speed figures as JSON, ratios against bare unicorn measured in the same run
 bench: $(STAMP)
