@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 ## make lab: create .venv, install, open JupyterLab on the first lab
 lab: $(STAMP)
-	$(BIN)/jupyter lab labs/00-welcome.ipynb
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) labs/00-welcome.ipynb
 
 ## make test: create .venv, install the test extras, run every test (nbval included)
 test: $(STAMP)

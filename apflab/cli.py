@@ -108,7 +108,9 @@ def cmd_lab(args) -> int:
     labs = Path(args.dir)
     first = sorted(labs.glob("00-*.ipynb"))
     target = str(first[0]) if first else str(labs)
-    return subprocess.call([sys.executable, "-m", "jupyter", "lab", target])
+    import os
+    root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+    return subprocess.call([sys.executable, "-m", "jupyter", "lab", *root, target])
 
 
 def cmd_check(args) -> int:
