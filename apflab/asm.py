@@ -560,9 +560,11 @@ class _Assembly:
         else:
             st.kind = "directive"
             if name in _EQU:
-                m = _IDENT_RE.search(st.mask, len(name))
-                if m:
-                    self.define_equ(m.group(1), st)
+                # keystone loops forever on a malformed name (`.equ E-4, 1`)
+                m = re.fullmatch(rf"\S+\s+({_NAME})\s*,(.+)", st.mask, re.A | re.S)
+                if not m or not m.group(2).strip():
+                    raise self.error(f"expected `{name} NAME, value`", st)
+                self.define_equ(m.group(1), st)
 
     def check_align(self, st: _Stmt, power: bool) -> None:
         """Keystone aligns relative to the start of the code, not to absolute
@@ -646,7 +648,7 @@ class _Assembly:
         out = [".balign 8" if self.base % 8 == 0 else ".balign 4"]
         for st, label, width, slot in sorted(lits, key=lambda lit: -lit[2]):
             v = 0 if val is None else val[slot]
-            if width == 4 and not (v < 1 << 32 or _signed(v) >= -(1 << 31)):
+            if width == 4 and not (v < 1 << 32 or -(1 << 31) <= _signed(v) < 0):
                 raise self.error(f"value {_signed(v):#x} does not fit in a 32-bit register", st)
             directive = ".quad" if width == 8 else ".word"
             out.append(f"{label}: {directive} {v & ((1 << (8 * width)) - 1):#x}")
@@ -719,6 +721,12 @@ class _Assembly:
     def analyze_data(self, st: _Stmt) -> None:
         items = _split_top(st.mask, len(st.name))
         st.nelems = len(items)
+        # in data every name is a symbol; an unknown one must not reach
+        # keystone (`.byte nowhere` kills the process)
+        for a, b in items:
+            for nm in _names(st.mask[a:b]):
+                if nm != "." and nm not in self._known:
+                    raise self.error(f"undefined symbol `{nm}`", st)
         if any(self.symbolic(st.mask[a:b]) for a, b in items):
             for a, b in items:
                 slot = self.add_slot(st, st.code[a:b], st.mask[a:b])

@@ -318,7 +318,7 @@ e:  .quad e
     d = p.symbols["d"] - p.base
     assert p.code[d:d + 3] == b"\x05\xff\xff"
     assert p.code[d + 3:d + 5] == b"\x34\x12"
-    assert p.code[d + 7:d + 11] == b"\xef\xbe\xad\xde"
+    assert p.code[d + 9:d + 13] == b"\xef\xbe\xad\xde"
     e = p.symbols["e"]
     assert e % 8 == 0
     assert p.code[e - p.base:] == e.to_bytes(8, "little")
@@ -355,7 +355,8 @@ _start:
     wfi
 """
     assert words(assemble(src, 0x1000)) == [
-        "msr s3_0_c12_c12_0, x0", "mrs x1, s3_0_c12_c12_0", "msr vbar_el1, x0",
+        # capstone names the read side of s3_0_c12_c12_0 (icc_iar1_el1)
+        "msr s3_0_c12_c12_0, x0", "mrs x1, icc_iar1_el1", "msr vbar_el1, x0",
         "mrs x2, currentel", "msr daifset, #2", "tlbi vmalle1", "dsb sy", "isb",
         "hvc #0", "svc #1", "brk #0", "eret", "wfi",
     ]
@@ -566,8 +567,9 @@ def test_layout_model(items, base_page):
             addr += 4
         elif item[0] == "bytes":
             lines.append(f"L{k}: .byte " + ", ".join(["7"] * item[1]))
+            lines.append("  .balign 4")     # keep instructions aligned
             labels[f"L{k}"] = addr
-            addr += item[1]
+            addr = -(-(addr + item[1]) // 4) * 4
         elif item[0] == "align":
             lines.append(f"  .balign {1 << item[1]}")
             addr = -(-addr // (1 << item[1])) * (1 << item[1])
