@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import Counter
 from dataclasses import dataclass, field, asdict
 from typing import Callable
 
@@ -99,6 +100,7 @@ class Host:
         self.apf = None    # set by the APF service when installed
         self._slice_t0 = 0
         self.halted = False
+        self.faults: Counter[str] = Counter()   # stage-2 faults by the page's state when taken
 
         reads, writes = {}, {}
         for dev in (self.gic, self.timer):
@@ -339,6 +341,7 @@ class Host:
         state = s2.state(gpn)
         self.trace.emit(self.now, "stage2_fault", gpn=gpn, ipa=ipa, access=ex.access,
                         state=state.name.lower(), pc=ex.pc, el=self.vcpu.el)
+        self.faults[state.name.lower()] += 1
         if state == PageState.ABSENT:
             s2.first_touch(gpn)
             self.charge(self.costs.fault_ns)

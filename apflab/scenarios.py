@@ -116,6 +116,8 @@ _COMMON = {
     "store": ("ssd", lambda v: v in _STORES, f"must be one of {_STORES}"),
     "latency_ns": (None, lambda v: v is None or _int_range(1)(v), "must be None (store default) or an int >= 1 ns"),
     "tick_ns": (guest.DEFAULT_TICK_NS, _int_range(1_000), "must be an int >= 1000 ns"),
+    "keep_records": (True, lambda v: isinstance(v, bool),
+                     "must be True or False (False: count trace records without keeping them, for huge runs)"),
 }
 
 
@@ -127,6 +129,7 @@ def _machine(p: dict, seed: int, apf: bool, limit_pages: int | None, ram_mib: in
     from .backing import make_store
     store = make_store(p["store"], **_store(p))
     return Machine(seed=seed, ram_size=ram_mib << 20, store=store, postcopy=postcopy,
+                   keep_records=p["keep_records"],
                    memory_limit=None if limit_pages is None else limit_pages * PAGE)
 
 
@@ -164,7 +167,7 @@ def _result(name, m: Machine, syms, apf, seed, params, elapsed_ns, task_names) -
     mismatches = sum(t.get("mismatches", 0) for t in ks["tasks"])
     if mismatches:
         raise GuestError(f"{name}: memtouch found {mismatches} corrupted page(s)")
-    faults = sum(1 for r in tr.select("stage2_fault") if r.get("state") in ("swapped", "remote", "inflight"))
+    faults = sum(m.host.faults[k] for k in ("swapped", "remote", "inflight"))
     bd = tr.breakdown()
     return ScenarioResult(
         name=name, apf=apf, seed=seed, params=params, elapsed_ns=elapsed_ns,
