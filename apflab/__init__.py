@@ -16,6 +16,7 @@ from .errors import (ApflabError, AsmError, BudgetExceeded, GuestError, GuestFau
 from .machine import Machine, RAM_BASE
 from .host import HostCosts
 from .trace import Trace
+from .sweep import sweep   # eager: the function, not the submodule, is ``apflab.sweep``
 
 __version__ = "0.1.0"
 
@@ -25,9 +26,6 @@ def __getattr__(name):
     if name in ("run_scenario", "ScenarioResult", "SCENARIOS", "compare"):
         from . import scenarios
         return getattr(scenarios, name)
-    if name == "sweep":
-        from .sweep import sweep
-        return sweep
     raise AttributeError(f"module 'apflab' has no attribute {name!r}")
 
 

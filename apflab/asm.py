@@ -139,7 +139,14 @@ _MNEMONIC_RE = re.compile(r"\s*([\w.]+)", re.A)
 _IDENT_RE = re.compile(rf"(?<![\w.$\\])({_NAME})", re.A)
 # GNU numeric local label reference: 1b / 2f, but not 0x1b, v0.16b, x1, b1
 _NUMREF_RE = re.compile(r"(?<![\w.$\\])(\d+)([bf])(?![\w.$])", re.A)
-_NUMBER_RE = re.compile(r"(?<![\w.$])(0[xX][0-9a-fA-F]+|0[bB][01]+|\d+)(?![\w.$])", re.A)
+# a token starting with a digit (exponent signs included) and the forms of it
+# keystone accepts; it hangs on others in data (`.word 0x-4`, `.word 08`)
+_NUMTOK_RE = re.compile(r"(?<![\w.$\\])\d(?:[eE][+-]\d|[\w.])*", re.A)
+_INT_RE = re.compile(r"0[xX][0-9a-fA-F]+|0[bB][01]+|0[0-7]*|[1-9]\d*", re.A)
+_FLOAT_RE = re.compile(r"\d+(?:\.\d*)?(?:[eE][+-]?\d+)?", re.A)
+_EXPR_TOKEN_RE = re.compile(
+    rf"\s*(?:(?P<val>\d(?:[eE][+-]\d|[\w.])*|{_NAME}|'\0+)"
+    r"|(?P<op><<|>>|<=|>=|==|!=|<>|&&|\|\||[-+*/%&|^~!<>()]))", re.A)
 _RELOC_RE = re.compile(r"#?\s*:([A-Za-z0-9_]+):")
 _REGISTER_RE = re.compile(r"(?:[xwbhsdqvz]\d{1,2}|[xw]zr|w?sp|lr|fp)", re.A | re.I)
 _CONDS = "eq|ne|cs|hs|cc|lo|mi|pl|vs|vc|hi|ls|ge|lt|gt|le|al|nv"
@@ -179,6 +186,27 @@ _UNSUPPORTED = {
     ".eqv": "`.eqv` is not supported by keystone; use `.equ`",
 }
 _ALIGN = {".balign": False, ".align": True, ".p2align": True}   # True: power of 2
+# Argument shapes of the directives passed on to keystone (any other is
+# refused: keystone's directive parser hangs on malformed arguments such as
+# `.quad ,`, `.byte 1,,2` or `.word 1)`, so they are checked here first):
+# (min items, max items or None, what an item is)
+_ARGS = {
+    **{d: (0, None, "expr") for d in (*_DATA_WIDTH, ".float", ".single", ".double")},
+    **{d: (1, 2, "expr") for d in (".space", ".skip", ".zero")},
+    **{d: (1, 3, "expr") for d in (".fill", *_ALIGN)},
+    **{d: (1, 1, "expr") for d in (".rept", ".if", ".elseif", ".ifeq", ".ifne", ".ifge",
+                                   ".ifgt", ".ifle", ".iflt")},
+    **{d: (0, 0, "") for d in (".ltorg", ".pool", ".endr", ".endm", ".endif", ".else",
+                               ".exitm", ".end")},
+    **{d: (0, None, "string") for d in (".ascii", ".asciz", ".string")},
+    **{d: (1, 1, "name") for d in (".ifdef", ".ifndef")},
+    **{d: (2, 2, "equ") for d in (".equ", ".set", ".equiv")},
+    # parsed by keystone alone
+    **{d: (0, None, "free") for d in (".macro", ".irp", ".irpc", ".ifc", ".ifnc", ".ifb",
+                                      ".ifnb")},
+}
+_MAX_BYTES = 1 << 28            # .space/.fill/.balign beyond this: refused
+_SIZED = {".space", ".skip", ".zero", ".fill", ".rept", *_ALIGN}
 _POOL = {".ltorg", ".pool"}
 _EQU = {".equ", ".set", ".equiv"}
 _REPEAT_OPEN = {".rept", ".irp", ".irpc", ".macro"}
@@ -264,6 +292,61 @@ def _expr_end(mask: str, p: int) -> int:
         elif c in ",]}!" and depth == 0:
             return i
     return len(mask)
+
+
+def _int_value(tok: str) -> int | None:
+    """Value of a GNU integer literal (0x, 0b, leading-0 octal), else None."""
+    if not _INT_RE.fullmatch(tok):
+        return None
+    low = tok.lower()
+    if low.startswith(("0x", "0b")):
+        return int(low[2:], 16 if low[1] == "x" else 2)
+    return int(low, 8 if low[0] == "0" else 10)
+
+
+def _expr_ok(mask: str) -> bool:
+    """Is mask a well-formed GNU expression (syntax only)?"""
+    mask = mask.strip()
+    toks: list[str | None] = []          # None: an operand
+    pos = 0
+    while pos < len(mask):
+        m = _EXPR_TOKEN_RE.match(mask, pos)
+        if not m:
+            return False
+        toks.append(None if m.group("val") else m.group("op"))
+        pos = m.end()
+    if not toks or toks.count("(") > 32:
+        return False
+    i = 0
+
+    def unary() -> bool:
+        nonlocal i
+        while i < len(toks) and toks[i] in ("-", "+", "~", "!"):
+            i += 1
+        if i >= len(toks):
+            return False
+        if toks[i] is None:
+            i += 1
+            return True
+        if toks[i] != "(":
+            return False
+        i += 1
+        if not binary() or i >= len(toks) or toks[i] != ")":
+            return False
+        i += 1
+        return True
+
+    def binary() -> bool:
+        nonlocal i
+        if not unary():
+            return False
+        while i < len(toks) and toks[i] not in (None, "(", ")", "~", "!"):
+            i += 1
+            if not unary():
+                return False
+        return True
+
+    return binary() and i == len(toks)
 
 
 def _names(mask: str) -> list[str]:
@@ -484,8 +567,11 @@ class _Assembly:
                     ended = True
                     st.kind, st.code, st.mask = "empty", "", ""
             else:
+                m = _MNEMONIC_RE.match(body)
+                if not m:
+                    raise self.error("expected an instruction, a directive or a label", st)
                 st.kind = "insn"
-                st.name = _MNEMONIC_RE.match(body).group(1).lower()
+                st.name = m.group(1).lower()
             self.stmts.append(st)
         if stack:
             raise self.error(f"`{stack[-1]}` block is never closed",
@@ -493,13 +579,16 @@ class _Assembly:
         # second sweep: GNU numeric label references, nearest definition
         for st in self.stmts:
             st.code, st.mask = self.rewrite_numrefs(st, numdefs)
-        # huge literals crash keystone (`.quad 0x10000000000000000`)
+        # malformed numbers hang keystone, huge ones crash it
         for st in self.stmts:
-            for m in _NUMBER_RE.finditer(st.mask):
-                tok = m.group(1).lower()
-                radix = 16 if tok.startswith("0x") else 2 if tok.startswith("0b") else 10
-                if int(tok[2:] if radix != 10 else tok, radix) >= 1 << 64:
-                    raise self.error(f"number {m.group(1)} does not fit in 64 bits", st)
+            for m in _NUMTOK_RE.finditer(st.mask):
+                tok = m.group(0)
+                value = _int_value(tok)
+                if value is not None:
+                    if value >= 1 << 64:
+                        raise self.error(f"number {tok} does not fit in 64 bits", st)
+                elif not (_FLOAT_RE.fullmatch(tok) and st.kind in ("insn", "directive", "block")):
+                    raise self.error(f"malformed number `{tok}`", st)
 
     def define(self, name: str, st: _Stmt) -> None:
         if name.startswith(_RESERVED):
@@ -531,6 +620,10 @@ class _Assembly:
             st.mask = new + st.mask[len(name):]
             st.inst = name == ".inst"
             st.name, name = new, new
+        if name not in _ARGS:
+            raise self.error(f"unknown or unsupported directive `{name}`", st)
+        if not (st.in_block and "\\" in st.code):      # macro bodies: \args unknown yet
+            self.check_args(st)
         opens = name in _REPEAT_OPEN or name.startswith(".if")
         if st.in_block:
             st.kind = "block"
@@ -547,39 +640,100 @@ class _Assembly:
                 if m:
                     self.macros.add(m.group(1).lower())
             return
-        if name in _BLOCK_CLOSE:
+        if name in _BLOCK_CLOSE or name in (".else", ".elseif", ".exitm"):
             raise self.error(f"`{name}` without an open block", st)
         if name in _DATA_WIDTH:
             st.kind = "data"
             st.width = _DATA_WIDTH[name]
         elif name in _ALIGN:
             st.kind = "align"
-            self.check_align(st, _ALIGN[name])
         elif name in _POOL:
             st.kind = "pool"
         else:
             st.kind = "directive"
             if name in _EQU:
-                # keystone loops forever on a malformed name (`.equ E-4, 1`)
-                m = re.fullmatch(rf"\S+\s+({_NAME})\s*,(.+)", st.mask, re.A | re.S)
-                if not m or not m.group(2).strip():
-                    raise self.error(f"expected `{name} NAME, value`", st)
+                m = _IDENT_RE.search(st.mask, len(name))
                 self.define_equ(m.group(1), st)
 
-    def check_align(self, st: _Stmt, power: bool) -> None:
-        """Keystone aligns relative to the start of the code, not to absolute
-        addresses, so an alignment coarser than the base's is wrong."""
-        args = _split_top(st.mask, len(st.name))
-        if not args:
+    def check_args(self, st: _Stmt) -> None:
+        """Check a directive's arguments before keystone sees them."""
+        name = st.name
+        lo, hi, kind = _ARGS[name]
+        if kind == "free":
             return
-        try:
-            n = int(st.code[args[0][0]:args[0][1]], 0)
-        except ValueError:
+        items = _split_top(st.mask, len(name)) if st.mask[len(name):].strip() else []
+        if kind == "equ":
+            # keystone also loops forever on a malformed name (`.equ E-4, 1`)
+            ok = len(items) == 2 and re.fullmatch(_NAME, st.mask[slice(*items[0])], re.A) \
+                and _expr_ok(st.mask[slice(*items[1])])
+            if not ok:
+                raise self.error(f"expected `{name} NAME, value`", st)
             return
-        align = 1 << n if power else n
-        if align > 0 and align & (align - 1) == 0 and self.base % align:
-            raise self.error(f"alignment to {align:#x} needs a base address aligned to it "
-                             f"(base is {self.base:#x})", st)
+        if not lo <= len(items) <= (len(items) if hi is None else hi):
+            want = "no arguments" if hi == 0 else f"{lo}" + ("" if hi == lo else
+                                                           f" to {hi}" if hi else " or more")
+            raise self.error(f"`{name}` takes {want} argument(s)", st)
+        for a, b in items:
+            item = st.mask[a:b]
+            ok = (_expr_ok(item) if kind == "expr" else
+                  re.fullmatch('"\0*"', item) is not None if kind == "string" else
+                  re.fullmatch(_NAME, item, re.A) is not None)
+            if not ok:
+                raise self.error(f"malformed argument `{st.code[a:b]}` for `{name}`" if item
+                                 else f"missing argument for `{name}`", st)
+
+    def const(self, st: _Stmt, a: int, b: int) -> int:
+        """Value of the constant expression st.code[a:b] (numbers and .equ
+        names only: keystone sizes nothing from labels correctly -- `.fill`
+        with a label-dependent count hangs, `.space 16 - (. - x)` emits
+        nothing)."""
+        code, mask = st.code[a:b].strip(), st.mask[a:b]
+        value = _int_value(code)
+        if value is None:
+            names = _names(mask)
+            if "." not in names and not any(nm in self.labels or nm in self.generated
+                                             for nm in names):
+                try:
+                    out = _ks_asm("\n".join([*self.equ_lines, f".quad ({code})"]), 0)
+                    value = _signed(int.from_bytes(out[-8:], "little")) if len(out) >= 8 else None
+                except keystone.KsError:
+                    value = None
+        if value is None:
+            raise self.error(f"`{code}` must be a constant here (numbers and .equ names, "
+                             "no labels)", st)
+        return value
+
+    def fix_sizes(self, st: _Stmt) -> None:
+        """Evaluate the size, count or alignment of .space/.fill/.rept/.balign
+        and write it back as a number keystone cannot get wrong."""
+        name = st.name
+        items = _split_top(st.mask, len(name))
+        vals = [self.const(st, a, b) for a, b in items[:2 if name == ".fill" else 1]]
+        rest = [st.code[a:b] for a, b in items[len(vals):]]
+        n = vals[0]
+        if name in _ALIGN:
+            align = 1 << n if _ALIGN[name] and 0 <= n < 64 else n
+            if not 0 < align <= _MAX_BYTES or align & (align - 1):
+                raise self.error(f"alignment {align:#x} must be a power of 2 up to "
+                                 f"{_MAX_BYTES:#x}", st)
+            # keystone aligns offsets from the start of the code, not addresses
+            if self.base % align:
+                raise self.error(f"alignment to {align:#x} needs a base address aligned to it "
+                                 f"(base is {self.base:#x})", st)
+            new = [f".balign {align:#x}", *rest]
+        else:
+            size = n * (vals[1] if len(vals) > 1 else 1)
+            if n < 0 or len(vals) > 1 and not 0 <= vals[1] <= 8:
+                raise self.error(f"negative or invalid size in `{name}`", st)
+            if size > (1 << 20 if name == ".rept" else _MAX_BYTES):
+                raise self.error(f"`{name}` of {size:#x} is too large", st)
+            if name in (".space", ".skip", ".zero"):
+                # keystone rejects `.space 0` and hangs on a negative `.zero`
+                new = [f".space {n:#x}", *rest] if n else []
+            else:
+                new = [f"{name} {', '.join(f'{v:#x}' for v in vals)}", *rest]
+        text = ", ".join(new)
+        st.code, st.mask = text, text
 
     def rewrite_numrefs(self, st: _Stmt, numdefs: dict) -> tuple[str, str]:
         code, mask = st.code, st.mask
@@ -610,7 +764,11 @@ class _Assembly:
 
     def analyze(self) -> None:
         self._known = set(self.labels) | self.generated | self.equs
+        self.equ_lines = [st.code for st in self.stmts if not st.in_block
+                          and (st.kind == "assign" or st.name in _EQU)]
         for st in self.stmts:
+            if st.name in _SIZED and not (st.in_block and "\\" in st.code):
+                self.fix_sizes(st)
             if st.in_block:
                 if st.name == ".byte" and self.symbolic(st.mask[len(st.name):]):
                     # keystone loops forever on `.byte label`; outside blocks
@@ -948,6 +1106,11 @@ class _Assembly:
         self.n_out = len(outs)
         _out1, values1 = self.run(1)
         self.addr1 = {st.index: values1[k] for k, st in enumerate(outs)}
+        for st in outs:
+            # GNU as rejects this too; keystone aborts on a branch from there
+            if st.kind == "insn" and self.addr1[st.index] % 4:
+                raise self.error(f"instruction at {self.addr1[st.index]:#x}, not a multiple "
+                                 "of 4: add `.balign 4` after the data before it", st)
         self.code_bodies(values1, self.addr1)
         out2, values2 = self.run(2)
         addr2 = {st.index: values2[k] for k, st in enumerate(outs)}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import zlib
 from collections import deque
 from typing import Iterable
 
@@ -105,6 +106,8 @@ class BackingStore:
     kind: str = "abstract"
 
     def __init__(self) -> None:
+        # Page bytes are kept zlib-compressed (like Linux's zswap): a 1 GiB guest's swap
+        # then fits in host memory. The device latency model is separate and unchanged.
         self._pages: dict[int, bytes] = {}
 
     def put(self, gpn: int, data: bytes) -> None:
@@ -114,19 +117,19 @@ class BackingStore:
                                  f"expected {PAGE_SIZE}")
         if gpn in self._pages:
             raise InvariantError(f"{self.name}: page {gpn:#x} put twice (already held)")
-        self._pages[gpn] = bytes(data)
+        self._pages[gpn] = zlib.compress(data, 1)
 
     def take(self, gpn: int) -> bytes:
         """Remove and return a page's bytes (page-in)."""
         try:
-            return self._pages.pop(gpn)
+            return zlib.decompress(self._pages.pop(gpn))
         except KeyError:
             raise InvariantError(f"{self.name}: page {gpn:#x} taken but not held") from None
 
     def peek(self, gpn: int) -> bytes:
         """A page's bytes without moving them (for checksums and widgets)."""
         try:
-            return self._pages[gpn]
+            return zlib.decompress(self._pages[gpn])
         except KeyError:
             raise InvariantError(f"{self.name}: page {gpn:#x} peeked but not held") from None
 
@@ -135,7 +138,7 @@ class BackingStore:
         if len(data) != PAGE_SIZE or gpn not in self._pages:
             raise InvariantError(f"{self.name}: overwrite of page {gpn:#x} "
                                  f"({len(data)} bytes, held={gpn in self._pages})")
-        self._pages[gpn] = bytes(data)
+        self._pages[gpn] = zlib.compress(data, 1)
 
     def holds(self, gpn: int) -> bool:
         return gpn in self._pages

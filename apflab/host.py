@@ -77,7 +77,7 @@ class Host:
 
     def __init__(self, vcpu: Vcpu, stage2: Stage2, *, seed: int = 0, ns_per_insn: int = 1,
                  costs: HostCosts | None = None, trace: Trace | None = None):
-        if not isinstance(ns_per_insn, int) or ns_per_insn < 1:
+        if not isinstance(ns_per_insn, int) or isinstance(ns_per_insn, bool) or ns_per_insn < 1:
             raise ParameterError(f"ns_per_insn must be an int >= 1, got {ns_per_insn!r}")
         self.vcpu = vcpu
         self.stage2 = stage2
@@ -174,7 +174,7 @@ class Host:
         Running out of ``max_instructions`` raises ``BudgetExceeded`` naming the
         PC, or with ``budget_error=False`` (stepping) just returns None.
         """
-        if not isinstance(max_instructions, int) or max_instructions <= 0:
+        if not isinstance(max_instructions, int) or isinstance(max_instructions, bool) or max_instructions <= 0:
             raise ParameterError(f"max_instructions must be a positive int, got {max_instructions!r}")
         vcpu = self.vcpu
         budget_end = self.retired + max_instructions

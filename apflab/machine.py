@@ -23,6 +23,13 @@ from .trace import Trace
 
 RAM_BASE = 0x4000_0000        # where QEMU's and kvmtool's "virt" boards put RAM
 DEFAULT_RAM = 16 << 20
+MAX_RAM = 16 << 30            # guest RAM is one host mapping; keep requests sane
+
+
+def _check_int(name: str, value) -> None:
+    # bool is an int in Python; True as a seed or a size is a mistake, not 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ParameterError(f"{name} must be an int, got {value!r}")
 
 
 class Machine:
@@ -33,10 +40,26 @@ class Machine:
                  costs: HostCosts | None = None, policy: str = "fifo", sdei: bool = True,
                  apf: bool = True, profile: str = "lab", keep_records: bool = True,
                  postcopy: dict | None = None):
-        if not isinstance(seed, int):
-            raise ParameterError(f"seed must be an int, got {seed!r}")
-        if not isinstance(ram_size, int) or ram_size < 64 * 1024 or ram_size % 4096:
+        _check_int("seed", seed)
+        _check_int("ram_size", ram_size)
+        if ram_size < 64 * 1024 or ram_size % 4096:
             raise ParameterError(f"ram_size must be a multiple of 4096 and at least 64 KiB, got {ram_size!r}")
+        if ram_size > MAX_RAM:
+            raise ParameterError(f"ram_size must be at most {MAX_RAM >> 30} GiB, got {ram_size!r}")
+        if not isinstance(store, (str, BackingStore)):
+            raise ParameterError(f"store must be 'ssd', 'hdd' or a BackingStore, got {store!r}")
+        if costs is not None and not isinstance(costs, HostCosts):
+            raise ParameterError(f"costs must be a HostCosts or None, got {costs!r}")
+        if postcopy is not None and not isinstance(postcopy, dict):
+            raise ParameterError(f"postcopy must be None or a dict of PostcopySource parameters "
+                                 f"(rtt_ns, bandwidth_bytes_per_s, jitter), got {postcopy!r}")
+        from .sdei import PROFILES
+        if profile not in PROFILES:
+            raise ParameterError(f"unknown SDEI profile {profile!r}; choose one of {PROFILES}")
+        for name, flag in (("sdei", sdei), ("apf", apf), ("keep_records", keep_records)):
+            if not isinstance(flag, bool):
+                raise ParameterError(f"{name} must be True or False, got {flag!r}")
+        _check_int("ns_per_insn", ns_per_insn)
         self.seed = seed
         self._vcpu = Vcpu(RAM_BASE, ram_size)
         self._store = make_store(store) if isinstance(store, str) else store

@@ -304,7 +304,7 @@ SCENARIOS = {"memtouch": (run_memtouch, MEMTOUCH), "gleb2010": (run_gleb2010, GL
 
 def run_scenario(name: str, *, apf: bool, seed: int = 0, **params) -> ScenarioResult:
     """Run a named scenario with APF on or off; see ``SCENARIOS[name][1]`` for its parameters."""
-    if name not in SCENARIOS:
+    if not isinstance(name, str) or name not in SCENARIOS:
         raise ParameterError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
     if not isinstance(apf, bool):
         raise ParameterError(f"apf must be True or False, got {apf!r}")

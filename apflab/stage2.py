@@ -44,6 +44,9 @@ class PageState(enum.IntEnum):
     REMOTE = 3      # bytes on the post-copy migration source
     INFLIGHT = 4    # a page-in is running; bytes still in the store, frame reserved
 
+    def __str__(self) -> str:   # "RESIDENT", not "1" (IntEnum's str on 3.11)
+        return self.name
+
 
 @dataclass(frozen=True)
 class Forbidden:

@@ -98,6 +98,7 @@ class Trace:
         self.counts: dict[str, int] = {}
         self.dropped = 0
         self._time = dict.fromkeys(MODES, 0)
+        self._t0: int | None = None     # start of the first span (kept even when spans are not)
 
     # -- the hot paths ---------------------------------------------------------------------
 
@@ -133,6 +134,8 @@ class Trace:
         if mode not in _MODE_SET:
             raise InvariantError(f"span mode {mode!r} is not one of {MODES}")
         spans = self.spans
+        if self._t0 is None:
+            self._t0 = t_start
         if spans:
             last = spans[-1]
             if t_start != last[1]:
@@ -149,7 +152,10 @@ class Trace:
             return
         if task is not None and type(task) is not int:
             raise InvariantError(f"span task must be an int or None (got {task!r})")
-        spans.append((t_start, t_end, mode, task))
+        if not self.keep_records and spans:
+            spans[-1] = (t_start, t_end, mode, task)   # counting only: keep the last span
+        else:
+            spans.append((t_start, t_end, mode, task))
         self._time[mode] += t_end - t_start
 
     # -- reading ---------------------------------------------------------------------------
@@ -157,7 +163,9 @@ class Trace:
     @property
     def elapsed_ns(self) -> int:
         """From the start of the first span to the end of the last."""
-        return self.spans[-1][1] - self.spans[0][0] if self.spans else 0
+        if not self.spans:
+            return 0
+        return self.spans[-1][1] - (self.spans[0][0] if self._t0 is None else self._t0)
 
     def breakdown(self) -> dict[str, int]:
         """ns of vCPU time per mode; every mode present; the values sum to elapsed_ns."""

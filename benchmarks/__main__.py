@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 
-from . import faults, resident, scale
+from . import faults, interactive, resident, scale
 
 
 def main(argv=None) -> int:
@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = {"python": platform.python_version(), "machine": platform.machine(),
            "resident_loop": resident.measure(args.iterations, args.repeat),
-           "fault_handling": faults.measure(args.fault_pages, args.repeat)}
+           "fault_handling": faults.measure(args.fault_pages, args.repeat),
+           "interactivity": interactive.measure()}
     if args.scale:
         out["scale"] = scale.measure(args.scale_pages, 128 * 1024)
     json.dump(out, sys.stdout, indent=2)

@@ -64,3 +64,13 @@ def test_sweep_rejects_unknown_parameters():
         points("memtouch", {"nope": [1]})
     with pytest.raises(ParameterError):
         points("memtouch", {"npages": []})
+
+
+def test_sweep_on_a_dask_cluster_gives_the_same_rows():
+    distributed = pytest.importorskip("dask.distributed", reason="the dask extra is not installed")
+    grid = {"latency_ns": [20_000, 60_000]}
+    local = sweep("memtouch", grid, workers=1, progress=False, npages=16, limit_pages=8)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        remote = sweep("memtouch", grid, client=client, progress=False, npages=16, limit_pages=8)
+    assert remote == local

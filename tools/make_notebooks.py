@@ -23,10 +23,13 @@ def build(path: Path, cells) -> None:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     nb.cells = cells
-    NotebookClient(nb, timeout=600, kernel_name="python3",
+    # Widget state is random model ids and large: not stored, so rebuilds diff cleanly.
+    NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=False,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
-    for c in nb.cells:                     # keep diffs small
+    nb.metadata.pop("widgets", None)
+    for i, c in enumerate(nb.cells):       # keep diffs small: no timings, stable ids
         c.metadata.pop("execution", None)
+        c["id"] = f"{path.stem[:2]}-{i:02d}"
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     print("wrote", path.relative_to(ROOT))

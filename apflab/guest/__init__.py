@@ -86,6 +86,8 @@ import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..errors import ParameterError
+
 RAM_BASE = 0x4000_0000
 PAGE_SIZE = 4096
 TASK_MAX = 8
@@ -162,7 +164,7 @@ def resolve_tasks(tasks: list[TaskSpec], buf_base: int = DEFAULT_BUF_BASE) -> li
     Buffers are laid out in task order from ``buf_base``, each starting on a page.
     """
     if buf_base % PAGE_SIZE:
-        raise ValueError(f"buf_base must be page aligned, got {buf_base:#x}")
+        raise ParameterError(f"buf_base must be page aligned, got {buf_base:#x}")
     out, cursor = [], buf_base
     for t in tasks:
         if t.entry == "memtouch" and t.params and t.params[0] == 0:
@@ -206,21 +208,22 @@ def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_e
     workload entry points for ``TaskSpec.entry``.
     """
     if not 1 <= len(tasks) <= TASK_MAX:
-        raise ValueError(f"between 1 and {TASK_MAX} tasks, got {len(tasks)}")
+        raise ParameterError(f"between 1 and {TASK_MAX} tasks, got {len(tasks)}")
     if not isinstance(tick_ns, int) or tick_ns < 0:
-        raise ValueError(f"tick_ns must be an int >= 0, got {tick_ns!r}")
-    tasks = resolve_tasks(tasks, buf_base)
+        raise ParameterError(f"tick_ns must be an int >= 0, got {tick_ns!r}")
     for i, t in enumerate(tasks):
         if not isinstance(t, TaskSpec):
-            raise TypeError(f"task {i} is not a TaskSpec: {t!r}")
+            raise ParameterError(f"task {i} is not a TaskSpec: {t!r} (use guest.memtouch(...), guest.compute(...))")
+    tasks = resolve_tasks(tasks, buf_base)
+    for i, t in enumerate(tasks):
         if len(t.params) > PARAMS_OUT:
-            raise ValueError(f"task {i} ({t.entry}): at most {PARAMS_OUT} parameters")
+            raise ParameterError(f"task {i} ({t.entry}): at most {PARAMS_OUT} parameters")
         if t.entry not in WORKLOADS and t.entry not in extra_source:
-            raise ValueError(f"task {i}: unknown entry {t.entry!r}; known: {', '.join(WORKLOADS)}")
+            raise ParameterError(f"task {i}: unknown entry {t.entry!r}; known: {', '.join(WORKLOADS)}")
     end = RAM_BASE + ram_size
     for i, rng in enumerate(task_buffers(tasks, buf_base)):
         if rng is not None and not (buf_base <= rng.start and rng.stop <= end):
-            raise ValueError(f"task {i}: buffer [{rng.start:#x}, {rng.stop:#x}) is outside "
+            raise ParameterError(f"task {i}: buffer [{rng.start:#x}, {rng.stop:#x}) is outside "
                              f"[buf_base {buf_base:#x}, end of RAM {end:#x})")
     if stop_mask is None:
         stop_mask = sum(1 << i for i, t in enumerate(tasks) if t.measured)

@@ -39,7 +39,11 @@ Events of the lab platform: **0**, the software-signalled event (the guest may s
 to itself with `EVENT_SIGNAL`); **1**, async page fault "page not present" (host only);
 **2**, a critical-priority host event for the nesting part of this lab.
 
-![SDEI event states](../assets/lab04-sdei-states.svg)"""),
+![SDEI event states](../assets/lab04-sdei-states.svg)
+
+And what happens when an event is delivered, from the trigger to one of the two completions:
+
+![SDEI dispatch](../assets/sdei-dispatch.svg)"""),
     md("""apflab keeps the whole lifecycle in one table, indexed by (state, action), like Trusted
 Firmware-A's `sdei_state.c`. Here it is, printed from the code: `→n` moves to state n,
 `ok` is allowed without a change, `DENIED` and `PENDING` are what the call returns
