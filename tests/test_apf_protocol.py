@@ -27,6 +27,7 @@ from apflab import guest
 from apflab.apf import FALLBACKS
 from apflab.guest import PAGE_SIZE, RAM_BASE
 from apflab.scenarios import run_scenario
+from guestlib import mov64
 
 MASK64 = (1 << 64) - 1
 BUF = RAM_BASE + 0x10_0000            # the EL0 buffer (pre-filled, then swapped out)
@@ -52,13 +53,6 @@ LOG_MAX = 256                         # log entries of 32 bytes
 
 # ---------------------------------------------------------------------- the guest
 
-def mov64(reg: str, value: int) -> list[str]:
-    value &= MASK64
-    out = [f"movz {reg}, #{value & 0xFFFF:#x}"]
-    for shift in (16, 32, 48):
-        if (value >> shift) & 0xFFFF:
-            out.append(f"movk {reg}, #{(value >> shift) & 0xFFFF:#x}, lsl #{shift}")
-    return out
 
 
 def hvc(fid: int, *args: int) -> list[str]:

@@ -21,6 +21,7 @@ from apflab import (AsmError, BudgetExceeded, GuestError, GuestFault, HostCosts,
 from apflab import guest
 from apflab.machine import RAM_BASE
 from apflab.scenarios import compare, parameters, run_scenario
+from guestlib import mov64
 
 MASK64 = (1 << 64) - 1
 RAM = 1 << 20                 # the machines here: 1 MiB of guest RAM
@@ -47,13 +48,6 @@ def s64(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
 
-def mov64(reg: str, value: int) -> list[str]:
-    value &= MASK64
-    out = [f"movz {reg}, #{value & 0xFFFF:#x}"]
-    for shift in (16, 32, 48):
-        if (value >> shift) & 0xFFFF:
-            out.append(f"movk {reg}, #{(value >> shift) & 0xFFFF:#x}, lsl #{shift}")
-    return out
 
 
 # ====================================================================== assembly

@@ -54,6 +54,7 @@ from apflab.apf import TOKEN_WAKE_ALL
 from apflab.backing import make_store
 from apflab.scenarios import run_scenario
 from apflab.stage2 import PageState
+from guestlib import mov64 as _mov64
 
 # How many random cases each property runs (quoted in docs/ROBUSTNESS.md).
 SDEI_EXAMPLES = 200          # random SDEI scripts, "lab" and "kvm-v7" profiles drawn at random
@@ -280,13 +281,6 @@ def sdei_scripts(draw):
     return profile, Script(main=kept, handlers=handlers, targets={T0: target})
 
 
-def _mov64(reg: str, value: int) -> list[str]:
-    value &= MASK64
-    out = [f"movz {reg}, #{value & 0xFFFF:#x}"]
-    for shift in (16, 32, 48):
-        if (value >> shift) & 0xFFFF:
-            out.append(f"movk {reg}, #{(value >> shift) & 0xFFFF:#x}, lsl #{shift}")
-    return out
 
 
 def _emit(script_ops, out: list[str], onces: list[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 
 import sdei_ref as R
+from guestlib import mov64
 from sdei_ref import (Call, Eret, HostRaise, Label, Mark, Once, Rec, Script, Set, UNKNOWN,
                       expected_log)
 
@@ -37,15 +38,6 @@ def s64(v: int) -> int:
 
 # -- assembly generation -------------------------------------------------------------------------
 
-def mov64(reg: str, value: int) -> list[str]:
-    """movz/movk for any 64-bit constant (no literal pools needed)."""
-    value &= MASK64
-    lines = [f"movz {reg}, #{value & 0xFFFF:#x}"]
-    for shift in (16, 32, 48):
-        chunk = (value >> shift) & 0xFFFF
-        if chunk:
-            lines.append(f"movk {reg}, #{chunk:#x}, lsl #{shift}")
-    return lines
 
 
 def load(reg: str, value) -> list[str]:
