@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from . import guest
 from .errors import GuestError, ParameterError
+from .host import HostCosts
 from .machine import Machine
 from .stage2 import PageState
 from .trace import Trace
@@ -112,10 +113,16 @@ def _int_range(lo, hi=None):
 
 
 _STORES = ("ssd", "hdd")
+_COST_FIELDS = {"hvc_ns", "exit_ns", "fault_ns", "inject_ns"}
 _COMMON = {
     "store": ("ssd", lambda v: v in _STORES, f"must be one of {_STORES}"),
     "latency_ns": (None, lambda v: v is None or _int_range(1)(v), "must be None (store default) or an int >= 1 ns"),
     "tick_ns": (guest.DEFAULT_TICK_NS, _int_range(1_000), "must be an int >= 1000 ns"),
+    "ns_per_insn": (1, _int_range(1, 1000), "must be an int in [1, 1000] (virtual ns per guest instruction)"),
+    "host_costs": (None, lambda v: v is None or (isinstance(v, dict) and set(v) <= _COST_FIELDS
+                                                 and all(_int_range(0)(x) for x in v.values())),
+                   "must be None or a dict of HostCosts fields (hvc_ns, exit_ns, fault_ns, inject_ns) "
+                   "with int values >= 0"),
     "keep_records": (True, lambda v: isinstance(v, bool),
                      "must be True or False (False: count trace records without keeping them, for huge runs)"),
 }
@@ -128,8 +135,9 @@ def _store(p: dict) -> dict:
 def _machine(p: dict, seed: int, apf: bool, limit_pages: int | None, ram_mib: int, postcopy=None) -> Machine:
     from .backing import make_store
     store = make_store(p["store"], **_store(p))
+    costs = None if p["host_costs"] is None else HostCosts(**p["host_costs"])
     return Machine(seed=seed, ram_size=ram_mib << 20, store=store, postcopy=postcopy,
-                   keep_records=p["keep_records"],
+                   keep_records=p["keep_records"], ns_per_insn=p["ns_per_insn"], costs=costs,
                    memory_limit=None if limit_pages is None else limit_pages * PAGE)
 
 

@@ -176,3 +176,15 @@ def test_unknown_scenario_and_bad_apf_flag():
         compare("no_such_scenario")
     assert set(SCENARIOS) == {"memtouch", "gleb2010", "postcopy"}
     assert apflab.run_scenario is run_scenario
+
+
+def test_host_costs_and_instruction_time_are_scenario_parameters():
+    base = run_scenario("memtouch", apf=True, seed=0, npages=16, limit_pages=8)
+    dear = run_scenario("memtouch", apf=True, seed=0, npages=16, limit_pages=8,
+                        host_costs={"hvc_ns": 10_000})
+    slow = run_scenario("memtouch", apf=True, seed=0, npages=16, limit_pages=8, ns_per_insn=4)
+    assert dear.params["host_costs"] == {"hvc_ns": 10_000}
+    assert dear.breakdown["host"] > base.breakdown["host"]
+    assert slow.breakdown["el0"] == 4 * base.breakdown["el0"]
+    with pytest.raises(ParameterError, match="host_costs"):
+        run_scenario("memtouch", apf=True, host_costs={"hvc_ns": -1})
