@@ -92,7 +92,7 @@ class Host:
         self._seq = 0
         self.router = Router()
         self.gic = GicCpu()
-        self.gic.on_event = self._gic_event
+        self.gic.on_event = self._trace_event
         self.timer = VirtualTimer(now=lambda: self.now)
         self.current_task: Callable[[], int | None] = lambda: None
         self.handler_running: Callable[[], bool] = lambda: False
@@ -112,7 +112,7 @@ class Host:
         vcpu.is_mapped = stage2.is_mapped
         vcpu.clock_at_retired = self._clock_mid_slice
         stage2.on_unmap = vcpu.flush_tlb
-        stage2.on_event = self._stage2_event
+        stage2.on_event = self._trace_event
 
     # ------------------------------------------------------------------ clock and events
     def schedule(self, t_ns: int, name: str, fn: Callable[[], None]) -> None:
@@ -284,7 +284,7 @@ class Host:
     def _maybe_take_irq(self) -> None:
         if not self.gic.signalling() or self.vcpu.pstate & C.PSTATE_I:
             return
-        self._require_vectors("IRQ", C.PSTATE_I)
+        self._require_vectors("IRQ")
         pc = self.vcpu.pc
         vector = self.vcpu.take_exception(C.VEC_IRQ, return_pc=pc)
         self.trace.emit(self.now, "irq", intid=self.gic.highest_pending(), pc=pc, vector=vector)
@@ -301,12 +301,12 @@ class Host:
             vcpu.set_x(0, to_u64(result))
         self.trace.emit(self.now, "hvc", fid=fid, result=None if result is NO_RETURN else int(result))
 
-    def _require_vectors(self, what: str, esr: int | None = None) -> None:
+    def _require_vectors(self, what: str) -> None:
+        """An asynchronous exception (IRQ) needs vectors; it has no syndrome to show."""
         if self.vcpu.reg("vbar_el1") == 0:
             pc = self.vcpu.pc
             raise GuestFault(f"{what} with no exception vectors (VBAR_EL1 is 0)", pc=pc,
-                             insn=self.vcpu.disasm_at(pc),
-                             syndrome=decode_esr(esr) if esr is not None and what != "IRQ" else None)
+                             insn=self.vcpu.disasm_at(pc))
 
     def _guest_sync(self, ec: int, imm: int, *, return_pc: int, what: str) -> None:
         """A synchronous exception the guest takes at its own VBAR_EL1."""
@@ -369,8 +369,6 @@ class Host:
             self.stage2.finish_page_in(gpn)
 
     # ------------------------------------------------------------------ trace plumbing
-    def _gic_event(self, kind: str, fields: dict) -> None:
-        self.trace.emit(self.now, kind, **fields)
-
-    def _stage2_event(self, kind: str, fields: dict) -> None:
+    def _trace_event(self, kind: str, fields: dict) -> None:
+        """The one sink the GIC and stage-2 report their events to."""
         self.trace.emit(self.now, kind, **fields)
