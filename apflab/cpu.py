@@ -44,30 +44,10 @@ from .errors import HookError, InvariantError
 PAGE_SIZE = 4096
 PAGE_MASK = ~(PAGE_SIZE - 1)
 
-# PSTATE fields (Arm ARM D1.4 / C5.2.18 SPSR_EL1).
-PSTATE_M_MASK = 0xF
-MODE_EL0T = 0b0000
-MODE_EL1T = 0b0100
-MODE_EL1H = 0b0101
-PSTATE_DAIF = 0x3C0
-PSTATE_I = 1 << 7
-PSTATE_EL1H_MASKED = MODE_EL1H | PSTATE_DAIF  # 0x3c5: how exception entry leaves PSTATE
-
-# Vector table offsets from VBAR_EL1 (Arm ARM D1.10.2, table D1-7).
-VEC_CURRENT_SP0 = 0x000
-VEC_CURRENT_SPX = 0x200
-VEC_LOWER_A64 = 0x400
-VEC_SYNC, VEC_IRQ, VEC_FIQ, VEC_SERROR = 0x000, 0x080, 0x100, 0x180
-
-# ESR_EL1 exception classes used here (Arm ARM D17.2.37).
-EC_UNKNOWN = 0x00
-EC_WFX = 0x01
-EC_SVC64 = 0x15
-EC_HVC64 = 0x16
-EC_IABT_LOW, EC_IABT_CUR = 0x20, 0x21
-EC_DABT_LOW, EC_DABT_CUR = 0x24, 0x25
-EC_BRK64 = 0x3C
-ESR_IL = 1 << 25
+from .arch import (EC_BRK64, EC_DABT_CUR, EC_DABT_LOW, EC_HVC64, EC_IABT_CUR, EC_IABT_LOW,  # noqa: F401
+                   EC_SVC64, EC_UNKNOWN, EC_WFX, ESR_IL, MODE_EL0T, MODE_EL1H, MODE_EL1T, PSTATE_DAIF,
+                   PSTATE_EL1H_MASKED, PSTATE_I, PSTATE_M_MASK, VEC_CURRENT_SP0, VEC_CURRENT_SPX, VEC_FIQ,
+                   VEC_IRQ, VEC_LOWER_A64, VEC_SERROR, VEC_SYNC)
 
 EC_NAMES = {
     EC_UNKNOWN: "unknown reason (undefined instruction)", EC_WFX: "WFI/WFE",
@@ -384,6 +364,27 @@ class Vcpu:
     def enter(self, pc: int, pstate: int) -> None:
         """Set PSTATE then PC: used by SDEI dispatch and completion."""
         self.set_pstate(pstate)
+        self.pc = pc
+
+    def save_context(self, nregs: int) -> tuple[list[int], int, int]:
+        """x0..x(nregs-1), PC and PSTATE in one call: what an SDEI dispatch saves."""
+        rd = self._rd
+        regs = [rd(A.UC_ARM64_REG_X0 + i) for i in range(nregs)]
+        return regs, rd(A.UC_ARM64_REG_PC), rd(A.UC_ARM64_REG_PSTATE)
+
+    def restore_context(self, regs: list[int], pc: int, pstate: int) -> None:
+        """Put back what ``save_context`` took (x0.., then PSTATE, then PC)."""
+        wr = self._wr
+        for i, value in enumerate(regs):
+            wr(A.UC_ARM64_REG_X0 + i, value & (1 << 64) - 1)
+        self.enter(pc, pstate)
+
+    def enter_handler(self, pc: int, pstate: int, args: list[int], zero_to: int = 0) -> None:
+        """Enter a handler: PSTATE, x0..x(len(args)-1) = args, the rest up to ``zero_to`` zeroed, PC."""
+        self.set_pstate(pstate)
+        wr = self._wr
+        for i in range(max(len(args), zero_to)):
+            wr(A.UC_ARM64_REG_X0 + i, (args[i] if i < len(args) else 0) & (1 << 64) - 1)
         self.pc = pc
 
     # ------------------------------------------------------------------ running

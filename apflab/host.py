@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import Counter
 from dataclasses import dataclass, field, asdict
 from typing import Callable
 
@@ -56,6 +55,41 @@ class HostCosts:
                 raise ParameterError(f"HostCosts.{name} must be a non-negative int (ns), got {value!r}")
 
 
+@dataclass(frozen=True)
+class Fault:
+    """A stage-2 fault that needs I/O, as the APF service sees it."""
+    gpn: int
+    ipa: int
+    access: str          # "read" / "write" / "fetch"
+    pc: int              # the faulting instruction
+    el: int              # the EL it ran at
+
+
+@dataclass(frozen=True)
+class Registration:
+    """How a service plugs into the host, once (as a kvmtool device registers itself).
+
+    Every hook is optional; the run loop calls them without knowing which service it is.
+    - ``fids``: the SMCCC function-ID range the service owns (its ``handle(vcpu, call)``).
+    - ``before_entry(vcpu)``: deliver what the service owes the vCPU before it runs again
+      (a page-ready notice, an SDEI dispatch); called in registration order.
+    - ``wakes(vcpu)``: True when the service has something that ends a WFI halt.
+    - ``in_handler()``: True while guest time belongs to a handler the service entered.
+    - ``holds(vcpu)``: True while the service keeps the vCPU in the host (the "halt" design
+      waiting for a page); checked after interrupts had their chance to be taken.
+    - ``page_not_present(vcpu, fault)``: the asynchronous path for a stage-2 fault needing
+      I/O; returns None when it took the fault, else the fallback reason.
+    """
+    name: str
+    service: object
+    fids: tuple[int, int] | None = None
+    before_entry: Callable[[Vcpu], None] | None = None
+    wakes: Callable[[Vcpu], bool] | None = None
+    in_handler: Callable[[], bool] | None = None
+    holds: Callable[[Vcpu], bool] | None = None
+    page_not_present: Callable[[Vcpu, Fault], str | None] | None = None
+
+
 @dataclass
 class RunStop:
     """How ``Host.run`` ended: the guest executed ``brk #0``."""
@@ -95,12 +129,14 @@ class Host:
         self.gic.on_event = self._trace_event
         self.timer = VirtualTimer(now=lambda: self.now)
         self.current_task: Callable[[], int | None] = lambda: None
-        self.handler_running: Callable[[], bool] = lambda: False
-        self.sdei = None   # set by the SDEI service when installed
-        self.apf = None    # set by the APF service when installed
+        self.services: dict[str, Registration] = {}
+        self._before_entry: list[Callable[[Vcpu], None]] = []
+        self._wakers: list[Callable[[Vcpu], bool]] = []
+        self._in_handler: list[Callable[[], bool]] = []
+        self._page_not_present: Callable[[Vcpu, Fault], str | None] | None = None
         self._slice_t0 = 0
         self.halted = False
-        self.faults: Counter[str] = Counter()   # stage-2 faults by the page's state when taken
+        self._holders: list[Callable[[Vcpu], bool]] = []
 
         reads, writes = {}, {}
         for dev in (self.gic, self.timer):
@@ -113,6 +149,38 @@ class Host:
         vcpu.clock_at_retired = self._clock_mid_slice
         stage2.on_unmap = vcpu.flush_tlb
         stage2.on_event = self._trace_event
+
+    # ------------------------------------------------------------------ services
+    def register(self, reg: Registration) -> None:
+        """Plug a service in: its hypercalls, its run-loop hooks, its fault path."""
+        if not isinstance(reg, Registration):
+            raise InvariantError(f"register() takes a Registration, got {reg!r}")
+        if reg.name in self.services:
+            raise InvariantError(f"a service named {reg.name!r} is already registered")
+        if reg.fids is not None:
+            self.router.register(reg.fids[0], reg.fids[1], reg.service)
+        if reg.page_not_present is not None:
+            if self._page_not_present is not None:
+                raise InvariantError("only one service may own the page-not-present path")
+            self._page_not_present = reg.page_not_present
+        for hook, hooks in ((reg.before_entry, self._before_entry), (reg.wakes, self._wakers),
+                            (reg.in_handler, self._in_handler), (reg.holds, self._holders)):
+            if hook is not None:
+                hooks.append(hook)
+        self.services[reg.name] = reg
+
+    def service(self, name: str):
+        """The registered service called ``name``, or None."""
+        reg = self.services.get(name)
+        return None if reg is None else reg.service
+
+    def handler_running(self) -> bool:
+        return any(f() for f in self._in_handler)
+
+    @property
+    def faults(self) -> dict[str, int]:
+        """Stage-2 faults by the page's state when taken (read from the trace)."""
+        return self.trace.tally("stage2_fault")
 
     # ------------------------------------------------------------------ clock and events
     def schedule(self, t_ns: int, name: str, fn: Callable[[], None]) -> None:
@@ -187,13 +255,12 @@ class Host:
             if self.halted:
                 self._halt_until_event()
                 continue
-            if self.apf is not None and self.apf.wants_poll():
-                self.apf.poll()            # the guest may have freed the shared slot
-            if self.sdei is not None:
-                if self.sdei.bind_slots:
-                    self.sdei.poll_bound()
-                self.sdei.try_dispatch()   # SDEI events are not masked by PSTATE.I
+            for hook in self._before_entry:
+                hook(vcpu)                 # page-ready notices, SDEI dispatch (not masked by PSTATE.I)
             self._maybe_take_irq()
+            if self._holders and any(h(vcpu) for h in self._holders):
+                self._hold_until_event()   # e.g. the "halt" design: the vCPU waits in the host
+                continue
             left = budget_end - self.retired
             if left <= 0:
                 if not budget_error:
@@ -266,9 +333,8 @@ class Host:
         return "handler" if self.handler_running() else "el1"
 
     def _halt_until_event(self) -> None:
-        if self.sdei is not None and self.sdei.bind_slots:
-            self.sdei.poll_bound()
-        if self.gic.signalling() or (self.sdei is not None and self.sdei.deliverable() is not None):
+        vcpu = self.vcpu
+        if self.gic.signalling() or any(w(vcpu) for w in self._wakers):
             self.halted = False
             self.trace.emit(self.now, "wake", intid=self.gic.highest_pending())
             return
@@ -279,6 +345,16 @@ class Host:
                              "(no timer armed, no host work pending)", pc=pc, insn=self.vcpu.disasm_at(pc))
         if nxt > self.now:
             self.trace.account(self.now, nxt, "halted", self.current_task())
+            self.now = nxt
+
+    def _hold_until_event(self) -> None:
+        """The vCPU is held in the host (not by the guest): wait, as stalled time, for the
+        next host event; an interrupt the guest can take ends the hold at the loop's top."""
+        nxt = self.next_event_ns()
+        if nxt is None:
+            raise InvariantError("vCPU held in the host with no host event that could release it")
+        if nxt > self.now:
+            self.trace.account(self.now, nxt, "stalled", self.current_task())
             self.now = nxt
 
     def _maybe_take_irq(self) -> None:
@@ -296,7 +372,7 @@ class Host:
         fid = vcpu.x(0) & 0xFFFFFFFF
         call = Call(fid, tuple(vcpu.x(i) for i in range(1, 6)), ex.pc)
         self.charge(self.costs.hvc_ns)
-        result = self.router.dispatch(call)
+        result = self.router.dispatch(vcpu, call)
         if result is not NO_RETURN:
             vcpu.set_x(0, to_u64(result))
         self.trace.emit(self.now, "hvc", fid=fid, result=None if result is NO_RETURN else int(result))
@@ -328,8 +404,8 @@ class Host:
     def _stage2_abort(self, ex: C.Exit) -> None:
         s2 = self.stage2
         ipa = ex.ipa
+        vcpu = self.vcpu
         if not s2.in_ram(ipa):
-            vcpu = self.vcpu
             ec = C.EC_IABT_CUR if ex.access == "fetch" else C.EC_DABT_CUR
             if vcpu.el == 0:
                 ec -= 1
@@ -339,19 +415,23 @@ class Host:
                              pc=ex.pc, insn=vcpu.disasm_at(ex.pc), syndrome=decode_esr(esr))
         gpn = s2.gpn_of(ipa)
         state = s2.state(gpn)
+        el = vcpu.el
         self.trace.emit(self.now, "stage2_fault", gpn=gpn, ipa=ipa, access=ex.access,
-                        state=state.name.lower(), pc=ex.pc, el=self.vcpu.el)
-        self.faults[state.name.lower()] += 1
+                        state=state.name.lower(), pc=ex.pc, el=el)
         if state == PageState.ABSENT:
             s2.first_touch(gpn)
             self.charge(self.costs.fault_ns)
-        elif state == PageState.RESIDENT:
+            return
+        if state == PageState.RESIDENT:
             self.charge(self.costs.fault_ns)   # stale TLB after a flush: just refill
-        elif self.apf is not None and self.apf.page_not_present(gpn, ex):
-            pass    # the guest was told; the vCPU goes on without waiting
-        else:
-            self.charge(self.costs.fault_ns)
-            self.sync_page_in(gpn, reason=self.apf.last_fallback if self.apf else "apf_off")
+            return
+        reason = "apf_off"
+        if self._page_not_present is not None:
+            reason = self._page_not_present(vcpu, Fault(gpn, ipa, ex.access, ex.pc, el))
+            if reason is None:
+                return      # the async path took it: the vCPU does not wait here
+        self.charge(self.costs.fault_ns)
+        self.sync_page_in(gpn, reason=reason)
 
     def sync_page_in(self, gpn: int, reason: str) -> None:
         """The synchronous path: block the vCPU until the page is in."""

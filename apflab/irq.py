@@ -64,6 +64,15 @@ class GicCpu:
         self.raised.add(intid)
         self._emit("irq_line", intid=intid, level=True)
 
+    def pulse(self, intid: int) -> None:
+        """Make a PPI pending as an edge (no line to hold): the "irq" design's not-present."""
+        self._check(intid)
+        if intid < 16:
+            raise InvariantError(f"INTID {intid} is an SGI: use send_sgi")
+        self.edge_pending[intid] = True
+        self.raised.add(intid)
+        self._emit("irq_line", intid=intid, level=True)
+
     def is_pending(self, intid: int) -> bool:
         return ((self.line[intid] or self.edge_pending[intid]) and not self.active[intid]
                 and intid not in self.bound)

@@ -39,7 +39,7 @@ class Machine:
                  store: str | BackingStore = "ssd", ns_per_insn: int = 1,
                  costs: HostCosts | None = None, policy: str = "fifo", sdei: bool = True,
                  apf: bool = True, profile: str = "lab", keep_records: bool = True,
-                 postcopy: dict | None = None):
+                 postcopy: dict | None = None, delivery: str = "sdei", irq_window: str | None = None):
         _check_int("seed", seed)
         _check_int("ram_size", ram_size)
         if ram_size < 64 * 1024 or ram_size % 4096:
@@ -69,18 +69,21 @@ class Machine:
                               limit_bytes=memory_limit, policy=policy, remote=remote)
         self._host = Host(self._vcpu, self._stage2, seed=seed, ns_per_insn=ns_per_insn,
                           costs=costs, trace=Trace(keep_records=keep_records))
+        from .delivery import DESIGNS
+        if delivery not in DESIGNS:
+            raise ParameterError(f"unknown delivery design {delivery!r}; choose one of {', '.join(DESIGNS)}")
+        if irq_window is not None and delivery != "irq":
+            raise ParameterError(f"irq_window applies to delivery='irq' only (got delivery={delivery!r})")
+        self.delivery = delivery
         self._sdei = None
         self._apf = None
         if sdei:
             from .sdei import SdeiService
             self._sdei = SdeiService.install(self._host, profile=profile)
-        if apf and sdei:
-            try:
-                from .apf import ApfService
-            except ImportError:
-                ApfService = None
-            if ApfService is not None:
-                self._apf = ApfService.install(self._host)
+        if apf:
+            from .apf import ApfService
+            options = {} if irq_window is None else {"irq_window": irq_window}
+            self._apf = ApfService.install(self._host, delivery, **options)
         self.program: Program | None = None
         self.symbols: dict[str, int] = {}
 

@@ -50,10 +50,12 @@ class ScenarioResult:
     trace: Trace = field(repr=False)
     kernel: dict = field(repr=False, default_factory=dict)
     instructions: int = 0
+    delivery: str = "sdei"         # the design; "sync" when APF is off
 
     def summary(self) -> dict:
         """The headline numbers as plain values (JSON-ready)."""
-        return {"scenario": self.name, "apf": self.apf, "seed": self.seed, "params": self.params,
+        return {"scenario": self.name, "apf": self.apf, "delivery": self.delivery, "seed": self.seed,
+                "params": self.params,
                 "elapsed_ns": self.elapsed_ns, "stall_ns": self.stall_ns, "work": self.work,
                 "faults": self.faults, "apf_not_present": self.apf_not_present,
                 "apf_page_ready": self.apf_page_ready, "fallbacks": self.fallbacks,
@@ -62,7 +64,7 @@ class ScenarioResult:
 
     def row(self) -> dict:
         """One flat row (parameters, headline numbers, fallbacks, time by mode) for CSV/pandas."""
-        row = {"scenario": self.name, "apf": self.apf, "seed": self.seed,
+        row = {"scenario": self.name, "apf": self.apf, "delivery": self.delivery, "seed": self.seed,
                **{f"param.{k}": v for k, v in self.params.items()},
                "elapsed_ns": self.elapsed_ns, "stall_ns": self.stall_ns,
                "work_total": self.work.get("total"), "work_compute": self.work.get("compute"),
@@ -77,7 +79,8 @@ class ScenarioResult:
 
     def table(self) -> str:
         """A small text table for terminals and notebooks."""
-        rows = [("scenario", self.name), ("apf", "on" if self.apf else "off"), ("seed", self.seed),
+        rows = [("scenario", self.name), ("apf", f"on ({self.delivery})" if self.apf else "off"),
+                ("seed", self.seed),
                 ("elapsed", _ms(self.elapsed_ns)), ("stalled", _ms(self.stall_ns)),
                 ("work (total)", self.work.get("total")), ("work (compute)", self.work.get("compute")),
                 ("faults needing I/O", self.faults), ("page not present", self.apf_not_present),
@@ -125,6 +128,9 @@ _COMMON = {
                    "with int values >= 0"),
     "keep_records": (True, lambda v: isinstance(v, bool),
                      "must be True or False (False: count trace records without keeping them, for huge runs)"),
+    "irq_window": (None, lambda v: v is None or v in ("before_retry", "after_retry"),
+                   "must be None, 'before_retry' or 'after_retry' (delivery='irq' only: is the "
+                   "not-present IRQ taken before the faulting instruction is retried?)"),
 }
 
 
@@ -132,21 +138,53 @@ def _store(p: dict) -> dict:
     return {} if p["latency_ns"] is None else {"latency_ns": p["latency_ns"]}
 
 
-def _machine(p: dict, seed: int, apf: bool, limit_pages: int | None, ram_mib: int, postcopy=None) -> Machine:
+@dataclass
+class Setup:
+    """A machine booted and set up for one scenario, not yet run.
+
+    ``build`` makes it; ``run_scenario``, the explorer and the dashboard all start
+    from one, so what a student steps through is exactly what a scenario measures.
+    """
+    name: str
+    machine: Machine
+    symbols: dict
+    params: dict
+    apf: bool
+    delivery: str
+    seed: int
+    tasks: list
+    task_names: list
+    buffers: list                  # per task: range of buffer addresses (one per page) or None
+
+    @property
+    def buffer(self) -> range | None:
+        """The first task's buffer (the one the explorer's page map shows)."""
+        return next((b for b in self.buffers if b is not None), None)
+
+    def run(self) -> "ScenarioResult":
+        """Run to the scenario's end and measure."""
+        fn = SCENARIOS[self.name].measure
+        return fn(self)
+
+
+def _machine(p: dict, seed: int, apf: bool, delivery: str, ram_mib: int, postcopy=None) -> Machine:
     from .backing import make_store
     store = make_store(p["store"], **_store(p))
     costs = None if p["host_costs"] is None else HostCosts(**p["host_costs"])
     return Machine(seed=seed, ram_size=ram_mib << 20, store=store, postcopy=postcopy,
                    keep_records=p["keep_records"], ns_per_insn=p["ns_per_insn"], costs=costs,
-                   memory_limit=None if limit_pages is None else limit_pages * PAGE)
+                   apf=True, delivery=delivery, irq_window=p["irq_window"])
 
 
-def _boot(m: Machine, tasks, p: dict, apf: bool, **build):
-    src = guest.build_source(tasks, tick_ns=p["tick_ns"], apf_enable=True, ram_size=m.ram_size, **build)
+def _boot(m: Machine, tasks, p: dict, apf: bool, delivery: str, **build):
+    """Load the kernel built for ``delivery``; ``apf=False``: the host does not offer APF at all."""
+    src = guest.build_source(tasks, tick_ns=p["tick_ns"], apf_enable=delivery != "halt",
+                             delivery=delivery, send_always=p.get("send_always", False),
+                             ram_size=m.ram_size, **build)
     syms = m.load_asm(src)
     guest.pin_kernel(m, syms)
     guest.attach(m, syms)
-    m.apf.allowed = apf               # APF off: the host does not offer the feature at all
+    m.apf.set_allowed(apf)
     return syms
 
 
@@ -164,10 +202,12 @@ def _prefill_and_swap(m: Machine, buf: range, tag: int = 0) -> None:
             m.stage2.evict(gpn)
 
 
-def _result(name, m: Machine, syms, apf, seed, params, elapsed_ns, task_names) -> ScenarioResult:
+def _result(setup: Setup, elapsed_ns: int) -> ScenarioResult:
+    m, syms, name = setup.machine, setup.symbols, setup.name
     guest.check_no_panic(m, syms)
     ks = guest.read_kernel_state(m, syms)
     tr = m.trace
+    task_names = setup.task_names
     per = [t["work"] for t in ks["tasks"]]
     work = {task_names[i]: per[i] for i in range(len(per))}
     work["total"] = sum(per)
@@ -175,14 +215,16 @@ def _result(name, m: Machine, syms, apf, seed, params, elapsed_ns, task_names) -
     mismatches = sum(t.get("mismatches", 0) for t in ks["tasks"])
     if mismatches:
         raise GuestError(f"{name}: memtouch found {mismatches} corrupted page(s)")
-    faults = sum(m.host.faults[k] for k in ("swapped", "remote", "inflight"))
+    by_state = tr.tally("stage2_fault")
+    faults = sum(by_state.get(k, 0) for k in ("swapped", "remote", "inflight"))
     bd = tr.breakdown()
     return ScenarioResult(
-        name=name, apf=apf, seed=seed, params=params, elapsed_ns=elapsed_ns,
+        name=name, apf=setup.apf, seed=setup.seed, params=setup.params, elapsed_ns=elapsed_ns,
         stall_ns=bd["stalled"], work=work, faults=faults,
-        apf_not_present=m.apf.not_present_count, apf_page_ready=m.apf.page_ready_count,
-        fallbacks=dict(sorted(m.apf.fallbacks.items())), breakdown=bd, trace=tr, kernel=ks,
-        instructions=m.host.retired)
+        apf_not_present=tr.counts.get("apf_not_present", 0),
+        apf_page_ready=tr.counts.get("apf_page_ready", 0),
+        fallbacks=tr.tally("apf_fallback"), breakdown=bd, trace=tr, kernel=ks,
+        instructions=m.host.retired, delivery=setup.delivery if setup.apf else "sync")
 
 
 # ---------------------------------------------------------------------- the scenarios
@@ -198,23 +240,26 @@ MEMTOUCH = {
 }
 
 
-def run_memtouch(apf: bool, seed: int, **params) -> ScenarioResult:
-    p = _check(params, MEMTOUCH)
+def _build_memtouch(p: dict, seed: int, apf: bool, delivery: str) -> Setup:
     tasks = [guest.memtouch(p["npages"], p["rounds"], tag=1, first_round=1)]
     names = ["memtouch"]
     if p["calc_thread"]:
         tasks.append(guest.compute(measured=False))
         names.append("compute")
     _need_ram(p["npages"], p["ram_mib"])
-    m = _machine(p, seed, apf, None, p["ram_mib"])
-    syms = _boot(m, tasks, p, apf)
-    buf = guest.task_buffers(tasks)[0]
-    _prefill_and_swap(m, buf, tag=1)
+    m = _machine(p, seed, apf, delivery, p["ram_mib"])
+    syms = _boot(m, tasks, p, apf, delivery)
+    bufs = guest.task_buffers(tasks)
+    _prefill_and_swap(m, bufs[0], tag=1)
     _set_limit(m, syms, p["limit_pages"])
-    m.run(max_instructions=p["max_instructions"])
-    ks = guest.read_kernel_state(m, syms)
-    elapsed = ks["tasks"][0]["exit_ns"]
-    return _result("memtouch", m, syms, apf, seed, p, elapsed, names)
+    return Setup("memtouch", m, syms, p, apf, delivery, seed, tasks, names, bufs)
+
+
+def _measure_memtouch(setup: Setup) -> ScenarioResult:
+    m = setup.machine
+    m.run(max_instructions=setup.params["max_instructions"])
+    ks = guest.read_kernel_state(m, setup.symbols)
+    return _result(setup, ks["tasks"][0]["exit_ns"])
 
 
 GLEB2010 = {
@@ -233,8 +278,9 @@ GLEB2010 = {
 }
 
 
-def run_gleb2010(apf: bool, seed: int, **params) -> ScenarioResult:
-    p = _check(params, GLEB2010)
+
+
+def _build_gleb2010(p: dict, seed: int, apf: bool, delivery: str) -> Setup:
     tasks, names = [], []
     for i in range(p["fault_tasks"]):
         tasks.append(guest.memtouch(p["npages"], 1_000_000, tag=i + 1, first_round=1, measured=False))
@@ -243,16 +289,22 @@ def run_gleb2010(apf: bool, seed: int, **params) -> ScenarioResult:
         tasks.append(guest.compute(measured=False))
         names.append(f"compute{i}")
     _need_ram(p["npages"] * p["fault_tasks"], p["ram_mib"])
-    m = _machine(p, seed, apf, None, p["ram_mib"])
-    syms = _boot(m, tasks, p, apf)
-    for i, buf in enumerate(guest.task_buffers(tasks)):
+    m = _machine(p, seed, apf, delivery, p["ram_mib"])
+    syms = _boot(m, tasks, p, apf, delivery)
+    bufs = guest.task_buffers(tasks)
+    for i, buf in enumerate(bufs):
         if buf is not None:
             _prefill_and_swap(m, buf, tag=i + 1)
     _set_limit(m, syms, p["limit_pages"])
+    return Setup("gleb2010", m, syms, p, apf, delivery, seed, tasks, names, bufs)
+
+
+def _measure_gleb2010(setup: Setup) -> ScenarioResult:
+    m, p = setup.machine, setup.params
     stop = m.host.run(p["max_instructions"], until_ns=p["duration_ns"])
     if stop is not None:
         raise GuestError("gleb2010: the guest stopped before the run length was up")
-    return _result("gleb2010", m, syms, apf, seed, p, m.now_ns, names)
+    return _result(setup, m.now_ns)
 
 
 POSTCOPY = {
@@ -266,31 +318,66 @@ POSTCOPY = {
 }
 
 
-def run_postcopy(apf: bool, seed: int, **params) -> ScenarioResult:
-    p = _check(params, POSTCOPY)
+def _build_postcopy(p: dict, seed: int, apf: bool, delivery: str) -> Setup:
     tasks = [guest.memtouch(p["npages"], 1_000_000, tag=1, first_round=1, measured=False)]
     names = ["memtouch"]
     if p["calc_thread"]:
         tasks.append(guest.compute(measured=False))
         names.append("compute")
     _need_ram(p["npages"], p["ram_mib"])
-    m = _machine(p, seed, apf, None, p["ram_mib"],
+    m = _machine(p, seed, apf, delivery, p["ram_mib"],
                  postcopy={"rtt_ns": p["rtt_ns"], "bandwidth_bytes_per_s": p["bandwidth_bytes_per_s"]})
-    syms = _boot(m, tasks, p, apf)
-    buf = guest.task_buffers(tasks)[0]
-    for i, addr in enumerate(buf):
+    syms = _boot(m, tasks, p, apf, delivery)
+    bufs = guest.task_buffers(tasks)
+    for i, addr in enumerate(bufs[0]):
         m.write_u64(addr, guest.memtouch_value(1, 0, i))
-    gpns = [m.stage2.gpn_of(a) for a in buf]
+    gpns = [m.stage2.gpn_of(a) for a in bufs[0]]
     m.stage2.make_remote(gpns)          # switch-over: the destination runs, the source holds these
     m.stage2.remote.start_stream(m.now_ns, order=gpns)
+    return Setup("postcopy", m, syms, p, apf, delivery, seed, tasks, names, bufs)
+
+
+def _measure_postcopy(setup: Setup) -> ScenarioResult:
+    m = setup.machine
     s2 = m.stage2
 
     def migrated() -> bool:
         return s2.count(PageState.REMOTE) == 0 and s2.count(PageState.INFLIGHT) == 0
-    stop = m.host.run(p["max_instructions"], until=migrated)
+    stop = m.host.run(setup.params["max_instructions"], until=migrated)
     if stop is not None:
         raise GuestError("postcopy: the guest stopped before migration completed")
-    return _result("postcopy", m, syms, apf, seed, p, m.now_ns, names)
+    return _result(setup, m.now_ns)
+
+
+SYSCALL_READ = {
+    **_COMMON,
+    "calc_thread": (True, lambda v: isinstance(v, bool), "must be True or False"),
+    "npages": (256, _int_range(4, 1 << 16), "must be an int in [4, 65536] (buffer pages)"),
+    "kernel_every": (2, _int_range(1, 1 << 16),
+                     "must be an int >= 1: every n-th page is read by the kernel (a system call), "
+                     "the others by the task itself"),
+    "send_always": (False, lambda v: isinstance(v, bool),
+                    "must be True or False: the guest asks for notices in kernel mode too (SEND_ALWAYS)"),
+    "rounds": (1, _int_range(1, 1000), "must be an int in [1, 1000]"),
+    "limit_pages": (64, _int_range(8), "must be an int >= 8 (host memory limit for the buffer, pages)"),
+    "ram_mib": (16, _int_range(4, 4096), "must be an int in [4, 4096] (guest RAM, MiB)"),
+    "max_instructions": (200_000_000, _int_range(1), "must be a positive int"),
+}
+
+
+def _build_syscall_read(p: dict, seed: int, apf: bool, delivery: str) -> Setup:
+    tasks = [guest.sysread(p["npages"], p["rounds"], kernel_every=p["kernel_every"], tag=1)]
+    names = ["sysread"]
+    if p["calc_thread"]:
+        tasks.append(guest.compute(measured=False))
+        names.append("compute")
+    _need_ram(p["npages"], p["ram_mib"])
+    m = _machine(p, seed, apf, delivery, p["ram_mib"])
+    syms = _boot(m, tasks, p, apf, delivery)
+    bufs = guest.task_buffers(tasks)
+    _prefill_and_swap(m, bufs[0], tag=1)
+    _set_limit(m, syms, p["limit_pages"])
+    return Setup("syscall_read", m, syms, p, apf, delivery, seed, tasks, names, bufs)
 
 
 def _need_ram(buffer_pages: int, ram_mib: int) -> None:
@@ -302,34 +389,87 @@ def _need_ram(buffer_pages: int, ram_mib: int) -> None:
 
 def _set_limit(m: Machine, syms, limit_pages: int) -> None:
     """A cgroup-like limit: the pinned kernel plus ``limit_pages`` for everything else."""
-    kernel = len(guest.kernel_pages(syms))
-    m.stage2.limit_pages = kernel + limit_pages
+    m.stage2.set_limit(len(guest.kernel_pages(syms)) + limit_pages)
 
 
-SCENARIOS = {"memtouch": (run_memtouch, MEMTOUCH), "gleb2010": (run_gleb2010, GLEB2010),
-             "postcopy": (run_postcopy, POSTCOPY)}
+@dataclass(frozen=True)
+class ScenarioDef:
+    spec: dict
+    build: object            # (params, seed, apf, delivery) -> Setup
+    measure: object          # Setup -> ScenarioResult
+    summary: str
 
 
-def run_scenario(name: str, *, apf: bool, seed: int = 0, **params) -> ScenarioResult:
-    """Run a named scenario with APF on or off; see ``SCENARIOS[name][1]`` for its parameters."""
+SCENARIOS = {
+    "memtouch": ScenarioDef(MEMTOUCH, _build_memtouch, _measure_memtouch,
+                            "one task walks a buffer larger than the host memory limit"),
+    "gleb2010": ScenarioDef(GLEB2010, _build_gleb2010, _measure_gleb2010,
+                            "page-faulting and compute tasks for a fixed run length"),
+    "postcopy": ScenarioDef(POSTCOPY, _build_postcopy, _measure_postcopy,
+                            "the buffer starts on the migration source"),
+    "syscall_read": ScenarioDef(SYSCALL_READ, _build_syscall_read, _measure_memtouch,
+                                "a task reads a swapped buffer, every n-th page through a system call "
+                                "(kernel mode, IRQs masked)"),
+}
+DESIGNS = ("sync", "sdei", "irq", "abort", "halt")
+
+
+def _common_checks(name, apf, seed, delivery) -> None:
     if not isinstance(name, str) or name not in SCENARIOS:
         raise ParameterError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
     if not isinstance(apf, bool):
         raise ParameterError(f"apf must be True or False, got {apf!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ParameterError(f"seed must be an int, got {seed!r}")
-    fn, _spec = SCENARIOS[name]
-    return fn(apf, seed, **params)
+    if delivery not in DESIGNS[1:]:
+        raise ParameterError(f"unknown delivery design {delivery!r}; choose one of {', '.join(DESIGNS[1:])} "
+                             f"(apf=False is the synchronous stall)")
 
 
-def compare(name: str, *, seed: int = 0, **params) -> tuple[ScenarioResult, ScenarioResult]:
+def build(name: str, *, apf: bool = True, delivery: str = "sdei", seed: int = 0, **params) -> Setup:
+    """Boot the machine for scenario ``name`` and set it up, without running it."""
+    _common_checks(name, apf, seed, delivery)
+    sc = SCENARIOS[name]
+    p = _check(params, sc.spec)
+    if p["irq_window"] is not None and delivery != "irq":
+        raise ParameterError(f"irq_window={p['irq_window']!r} applies to delivery='irq' only "
+                             f"(got delivery={delivery!r})")
+    return sc.build(p, seed, apf, delivery)
+
+
+def run_scenario(name: str, *, apf: bool, seed: int = 0, delivery: str = "sdei", **params) -> ScenarioResult:
+    """Run a named scenario with APF on or off (and, on, a delivery design); see ``parameters(name)``."""
+    return build(name, apf=apf, delivery=delivery, seed=seed, **params).run()
+
+
+def compare(name: str, *, seed: int = 0, delivery: str = "sdei", **params) -> tuple[ScenarioResult, ScenarioResult]:
     """The same scenario with APF off and on: (off, on)."""
-    return (run_scenario(name, apf=False, seed=seed, **params),
-            run_scenario(name, apf=True, seed=seed, **params))
+    return (run_scenario(name, apf=False, seed=seed, delivery=delivery, **params),
+            run_scenario(name, apf=True, seed=seed, delivery=delivery, **params))
+
+
+def compare_designs(name: str, *, seed: int = 0, designs=DESIGNS, **params) -> dict[str, ScenarioResult]:
+    """The same scenario under each design: "sync" (APF off) and the four delivery designs.
+
+    ``irq_window`` is passed to the "irq" design only.
+    """
+    unknown = [d for d in designs if d not in DESIGNS]
+    if unknown or not designs:
+        raise ParameterError(f"designs must be a non-empty subset of {DESIGNS}, got {designs!r}")
+    out = {}
+    for d in designs:
+        p = dict(params)
+        if d != "irq":
+            p.pop("irq_window", None)
+        if d == "sync":
+            out[d] = run_scenario(name, apf=False, seed=seed, **p)
+        else:
+            out[d] = run_scenario(name, apf=True, seed=seed, delivery=d, **p)
+    return out
 
 
 def parameters(name: str) -> dict:
     """Each parameter of a scenario with its default and its rule (for --help and widgets)."""
     if name not in SCENARIOS:
         raise ParameterError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
-    return {k: {"default": d, "rule": why} for k, (d, _c, why) in SCENARIOS[name][1].items()}
+    return {k: {"default": d, "rule": why} for k, (d, _c, why) in SCENARIOS[name].spec.items()}

@@ -18,7 +18,7 @@ from enum import IntEnum
 
 from .errors import InvariantError, ParameterError
 from .smccc import NO_RETURN, Call
-from .cpu import PSTATE_EL1H_MASKED
+from .arch import PSTATE_EL1H_MASKED, PSTATE_NZCV
 
 # Function IDs (DEN0054C 5.1, table 5-1). SMC64 only: there are no SMC32 SDEI IDs.
 SDEI_VERSION = 0xC4000020
@@ -240,11 +240,31 @@ class SdeiService:
 
     @classmethod
     def install(cls, host, profile: str = "lab") -> "SdeiService":
+        from .host import Registration
         svc = cls(host, profile)
-        host.router.register(SDEI_FIRST, SDEI_LAST, svc)
-        host.sdei = svc
-        host.handler_running = svc.handler_running
+        host.register(Registration("sdei", svc, fids=(SDEI_FIRST, SDEI_LAST),
+                                   before_entry=svc.before_entry, wakes=svc.wakes,
+                                   in_handler=svc.handler_running))
         return svc
+
+    # ------------------------------------------------------------------ run-loop hooks
+    def before_entry(self, vcpu) -> None:
+        """Bound interrupts trigger their events; a deliverable event is dispatched."""
+        if self.bind_slots:
+            self.poll_bound()
+        self.try_dispatch(vcpu)
+
+    def wakes(self, vcpu) -> bool:
+        """An event that would be dispatched ends a WFI halt."""
+        if self.bind_slots:
+            self.poll_bound()
+        return self.deliverable() is not None
+
+    # ------------------------------------------------------------------ injection (labs, tests)
+    def set_pe_masked(self, masked: bool) -> None:
+        """What PE_MASK / PE_UNMASK do, done from the host side (the explorer's "mask PE")."""
+        self.pe.masked = bool(masked)
+        self.host.trace.emit(self.host.now, "sdei_mask", masked=self.pe.masked)
 
     # ------------------------------------------------------------------ the table
     def _transition(self, ev: Event, action: Action) -> int:
@@ -267,7 +287,7 @@ class SdeiService:
             raise ParameterError(f"SDEI event {number} does not exist on this platform")
         ev.triggered = True
         self.host.trace.emit(self.host.now, "sdei_raise", event=number)
-        return self.try_dispatch() == number
+        return self.try_dispatch(self.host.vcpu) == number
 
     def poll_bound(self) -> None:
         """A bound interrupt whose line is high triggers its event (DEN0054C 4.2, bound events).
@@ -311,27 +331,21 @@ class SdeiService:
         top = self.events[self.pe.running[-1].event].defn.priority
         return ev.defn.priority > top
 
-    def try_dispatch(self) -> int | None:
+    def try_dispatch(self, vcpu) -> int | None:
         """Deliver the deliverable event, if any: DEN0054C 6.2.2 dispatch."""
         ev = self.deliverable()
         if ev is None:
             return None
-        vcpu = self.host.vcpu
-        ctx = Context(ev.defn.number, [vcpu.x(i) for i in range(CONTEXT_REGS)], vcpu.pc, vcpu.pstate)
+        regs, pc, pstate = vcpu.save_context(CONTEXT_REGS)
+        ctx = Context(ev.defn.number, regs, pc, pstate)
         self._transition(ev, Action.DISPATCH)
         ev.triggered = False
         self.pe.running.append(ctx)
         self.dispatch_count += 1
         # Handler entry at the client's EL (EL1h), all of DAIF set; x0-x3 as the
         # spec says; x4-x17 zeroed (KVM v7; TF-A leaves them - lab default: zero).
-        vcpu.set_pstate((ctx.pstate & 0xF0000000) | PSTATE_EL1H_MASKED)
-        vcpu.set_x(0, ev.defn.number)
-        vcpu.set_x(1, ev.ep_arg)
-        vcpu.set_x(2, ctx.pc)
-        vcpu.set_x(3, ctx.pstate)
-        for i in range(4, CONTEXT_REGS):
-            vcpu.set_x(i, 0)
-        vcpu.pc = ev.entry
+        vcpu.enter_handler(ev.entry, (ctx.pstate & PSTATE_NZCV) | PSTATE_EL1H_MASKED,
+                           [ev.defn.number, ev.ep_arg, ctx.pc, ctx.pstate], zero_to=CONTEXT_REGS)
         self.host.halted = False
         self.host.charge(self.host.costs.inject_ns, "host")
         self.host.trace.emit(self.host.now, "sdei_dispatch", event=ev.defn.number, pc=ctx.pc,
@@ -339,11 +353,11 @@ class SdeiService:
         return ev.defn.number
 
     # ------------------------------------------------------------------ hypercalls
-    def handle(self, call: Call) -> object:
+    def handle(self, vcpu, call: Call) -> object:
         fn = self._handlers.get(call.fid)
         if fn is None:
             return NOT_SUPPORTED
-        result = fn(call)
+        result = fn(vcpu, call)
         if result is not NO_RETURN:
             self.host.trace.emit(self.host.now, "sdei_call", call=NAMES[call.fid],
                                  x1=call.arg(1), result=int(result))
@@ -352,10 +366,10 @@ class SdeiService:
     def _event(self, number: int) -> Event | None:
         return self.events.get(number if number < (1 << 32) else -1)
 
-    def _version(self, call: Call) -> int:
+    def _version(self, vcpu, call: Call) -> int:
         return (VERSION_MAJOR << 48) | (VERSION_MINOR << 32) | VENDOR_KVM
 
-    def _register(self, call: Call) -> int:
+    def _register(self, vcpu, call: Call) -> int:
         ev = self._event(call.arg(1))
         entry, ep_arg, flags, affinity = call.arg(2), call.arg(3), call.arg(4), call.arg(5)
         if ev is None or flags & ~(FLAG_RM_PE | FLAG_RELATIVE):
@@ -372,15 +386,15 @@ class SdeiService:
             ev.triggered = False
         return code
 
-    def _enable(self, call: Call) -> int:
+    def _enable(self, vcpu, call: Call) -> int:
         ev = self._event(call.arg(1))
         return INVALID_PARAMETERS if ev is None else self._transition(ev, Action.ENABLE)
 
-    def _disable(self, call: Call) -> int:
+    def _disable(self, vcpu, call: Call) -> int:
         ev = self._event(call.arg(1))
         return INVALID_PARAMETERS if ev is None else self._transition(ev, Action.DISABLE)
 
-    def _unregister(self, call: Call) -> int:
+    def _unregister(self, vcpu, call: Call) -> int:
         ev = self._event(call.arg(1))
         if ev is None:
             return INVALID_PARAMETERS
@@ -389,11 +403,11 @@ class SdeiService:
             ev.triggered = False
         return code
 
-    def _status(self, call: Call) -> int:
+    def _status(self, vcpu, call: Call) -> int:
         ev = self._event(call.arg(1))
         return INVALID_PARAMETERS if ev is None else ev.state
 
-    def _get_info(self, call: Call) -> int:
+    def _get_info(self, vcpu, call: Call) -> int:
         ev = self._event(call.arg(1))
         info = call.arg(2)
         if ev is None or info > INFO_ROUTING_AFF:
@@ -411,7 +425,7 @@ class SdeiService:
             return DENIED
         return ev.flags & FLAG_RM_PE if info == INFO_ROUTING_MODE else ev.affinity
 
-    def _routing_set(self, call: Call) -> int:
+    def _routing_set(self, vcpu, call: Call) -> int:
         ev = self._event(call.arg(1))
         if ev is None or call.arg(2) & ~FLAG_RM_PE or not ev.defn.shared:
             return INVALID_PARAMETERS     # private events have no routing (DEN0054C 5.1.11)
@@ -424,7 +438,7 @@ class SdeiService:
     def _running_event(self) -> Event | None:
         return self.events[self.pe.running[-1].event] if self.pe.running else None
 
-    def _context(self, call: Call) -> int:
+    def _context(self, vcpu, call: Call) -> int:
         param = call.arg(1)
         running = self._running_event()
         if self.profile == "kvm-v7":
@@ -441,37 +455,34 @@ class SdeiService:
         code = self._transition(running, Action.CONTEXT)
         return self.pe.running[-1].regs[param] if code == SUCCESS else code
 
-    def _finish(self, call: Call, resume: int | None) -> object:
+    def _finish(self, vcpu, call: Call, resume: int | None) -> object:
         """EVENT_COMPLETE / COMPLETE_AND_RESUME (DEN0054C 5.1.5-5.1.6)."""
         running = self._running_event()
         if running is None:
             if self.profile == "kvm-v7":
-                return self.host.vcpu.x(0)    # KVM v7 leaves x0 as it was
+                return vcpu.x(0)              # KVM v7 leaves x0 as it was
             return DENIED
         self._transition(running, Action.COMPLETE)
         ctx = self.pe.running.pop()
-        vcpu = self.host.vcpu
-        for i, value in enumerate(ctx.regs):
-            vcpu.set_x(i, value)
         if resume is None:
-            vcpu.enter(ctx.pc, ctx.pstate)
+            vcpu.restore_context(ctx.regs, ctx.pc, ctx.pstate)
         else:
             # As if an exception had been taken from the interrupted context.
             vcpu.set_reg("elr_el1", ctx.pc)
             vcpu.set_reg("spsr_el1", ctx.pstate & 0xFFFFFFFF)
-            vcpu.enter(resume, (ctx.pstate & 0xF0000000) | PSTATE_EL1H_MASKED)
+            vcpu.restore_context(ctx.regs, resume, (ctx.pstate & PSTATE_NZCV) | PSTATE_EL1H_MASKED)
         self.host.trace.emit(self.host.now, "sdei_complete", event=ctx.event,
                              status=call.arg(1) if resume is None else 0,
                              resume=resume, pc=ctx.pc)
         return NO_RETURN
 
-    def _complete(self, call: Call) -> object:
-        return self._finish(call, None)
+    def _complete(self, vcpu, call: Call) -> object:
+        return self._finish(vcpu, call, None)
 
-    def _complete_and_resume(self, call: Call) -> object:
-        return self._finish(call, call.arg(1))
+    def _complete_and_resume(self, vcpu, call: Call) -> object:
+        return self._finish(vcpu, call, call.arg(1))
 
-    def _pe_mask(self, call: Call) -> int:
+    def _pe_mask(self, vcpu, call: Call) -> int:
         was = self.pe.masked
         self.pe.masked = True
         self.host.trace.emit(self.host.now, "sdei_mask", masked=True)
@@ -479,12 +490,12 @@ class SdeiService:
             return 0
         return 0 if was else 1
 
-    def _pe_unmask(self, call: Call) -> int:
+    def _pe_unmask(self, vcpu, call: Call) -> int:
         self.pe.masked = False
         self.host.trace.emit(self.host.now, "sdei_mask", masked=False)
         return SUCCESS
 
-    def _interrupt_bind(self, call: Call) -> int:
+    def _interrupt_bind(self, vcpu, call: Call) -> int:
         intid = call.arg(1)
         if not 16 <= intid <= 31:
             return INVALID_PARAMETERS     # SGIs cannot be bound; SPIs are not modelled
@@ -500,7 +511,7 @@ class SdeiService:
         self.host.gic.bound.add(intid)    # from now on the interrupt is delivered as this event
         return num
 
-    def _interrupt_release(self, call: Call) -> int:
+    def _interrupt_release(self, vcpu, call: Call) -> int:
         num = call.arg(1)
         if num not in self.bind_slots:
             return INVALID_PARAMETERS
@@ -510,7 +521,7 @@ class SdeiService:
         del self.events[num]
         return SUCCESS
 
-    def _signal(self, call: Call) -> int:
+    def _signal(self, vcpu, call: Call) -> int:
         ev = self._event(call.arg(1))
         if ev is None or not ev.defn.signalable or call.arg(2) != 0:
             return INVALID_PARAMETERS     # only event 0, only to this PE (MPIDR 0)
@@ -521,7 +532,7 @@ class SdeiService:
         self.host.trace.emit(self.host.now, "sdei_raise", event=ev.defn.number)
         return SUCCESS
 
-    def _features(self, call: Call) -> int:
+    def _features(self, vcpu, call: Call) -> int:
         feature = call.arg(1)
         if feature == FEATURE_BIND_SLOTS:
             return PRIVATE_BIND_SLOTS     # [31:16] shared slots: none
@@ -540,10 +551,10 @@ class SdeiService:
         self.host.trace.emit(self.host.now, "sdei_reset", shared=shared)
         return SUCCESS
 
-    def _private_reset(self, call: Call) -> int:
+    def _private_reset(self, vcpu, call: Call) -> int:
         return self._reset(shared=False)
 
-    def _shared_reset(self, call: Call) -> int:
+    def _shared_reset(self, vcpu, call: Call) -> int:
         return self._reset(shared=True)
 
     # ------------------------------------------------------------------ for widgets

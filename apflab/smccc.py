@@ -2,8 +2,9 @@
 
 ARM DEN0028 (SMC Calling Convention): function ID in w0, arguments in x1-x17
 (we pass x1-x5), result in x0. An ID no service owns returns NOT_SUPPORTED (-1).
-A service is one object with ``handle(call) -> int | NO_RETURN`` registered with
-the range of IDs it owns (STYLE: kvmtool's one-file devices).
+A service is one object with ``handle(vcpu, call) -> int | NO_RETURN`` registered with
+the range of IDs it owns (as a kvmtool device registers itself): every handler is
+told which vCPU called.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Call:
 class Service(Protocol):
     name: str
 
-    def handle(self, call: Call) -> object: ...
+    def handle(self, vcpu, call: Call) -> object: ...
 
 
 def to_u64(value: int) -> int:
@@ -54,7 +55,7 @@ class ArchService:
     def __init__(self, router: "Router"):
         self.router = router
 
-    def handle(self, call: Call) -> object:
+    def handle(self, vcpu, call: Call) -> object:
         if call.fid == SMCCC_VERSION:
             return SMCCC_VERSION_1_1
         if call.fid == SMCCC_ARCH_FEATURES:
@@ -83,8 +84,9 @@ class Router:
                 return service
         return None
 
-    def dispatch(self, call: Call) -> object:
+    def dispatch(self, vcpu, call: Call) -> object:
+        """Hand ``call`` from ``vcpu`` to the service owning its function ID."""
         service = self.owner(call.fid)
         if service is None:
             return NOT_SUPPORTED
-        return service.handle(call)
+        return service.handle(vcpu, call)

@@ -102,7 +102,6 @@ POLICIES = ("fifo", "clock")
 @dataclass
 class Stage2Counters:
     """What moved and what faulted, for results and plots."""
-    faults: dict[str, int] = field(default_factory=lambda: {s.name: 0 for s in PageState})
     first_touches: int = 0
     page_ins: int = 0
     page_outs: int = 0
@@ -299,12 +298,6 @@ class Stage2:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def fault(self, ipa: int) -> PageState:
-        """Count a stage-2 fault at `ipa` under its page's state and return that state."""
-        state = PageState(self._states[self.gpn_of(ipa)])
-        self.counters.faults[state.name] += 1
-        return state
-
     def first_touch(self, gpn: int) -> None:
         """ABSENT -> RESIDENT.  The frame keeps its bytes: zeros, or what a loader put there."""
         self._check(gpn, "first_touch")
@@ -383,6 +376,30 @@ class Stage2:
             self.receive_push(gpn)
             landed.append(gpn)
         return landed
+
+    def set_limit(self, pages: int | None) -> None:
+        """Set the host memory limit (resident + page-ins running), evicting down to it now.
+
+        None lifts it. The pinned pages count against it, and at least one frame must be
+        left for everything else, or no fault could ever be resolved.
+        """
+        if pages is None:
+            self.limit_pages = None
+            return
+        if not isinstance(pages, int) or isinstance(pages, bool):
+            raise ParameterError(f"memory limit must be an int number of pages or None, got {pages!r}")
+        if pages <= len(self._pinned):
+            raise ParameterError(f"memory limit of {pages} pages leaves no frame beside the "
+                                 f"{len(self._pinned)} pinned pages")
+        if self.swap is None and self.resident_pages > pages:
+            raise ParameterError("lowering the memory limit below the resident pages needs a swap store")
+        self.limit_pages = pages
+        moved = 0
+        while self.resident_pages + len(self._inflight_from) > pages and self._queue:
+            self._evict(self._victim())
+            moved += 1
+        if moved:
+            self.on_unmap()
 
     def swap_out_all_but(self, n: int) -> int:
         """Evict policy victims until at most `n` pages stay resident; returns how many moved.

@@ -31,7 +31,7 @@ def points(name: str, grid: dict, *, apf=(False, True), seeds=(0,), **fixed) -> 
         raise ParameterError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
     if not isinstance(grid, dict) or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
         raise ParameterError("grid must map parameter names to non-empty lists of values")
-    known = SCENARIOS[name][1]
+    known = SCENARIOS[name].spec
     for k in list(grid) + list(fixed):
         if k not in known:
             raise ParameterError(f"unknown parameter {k!r} for {name}; known: {', '.join(sorted(known))}")

@@ -29,8 +29,57 @@ MODES = ("el0", "el1", "handler", "halted", "stalled", "host")
 """Where vCPU time goes: guest user, guest kernel, guest SDEI handler, WFI, waiting for a page
 (synchronous fault), and host work charged to the vCPU (exits, hypercalls, page-outs)."""
 
+# Every record kind, with the fields it may carry: the one registry of what the trace says.
+# ``emit`` refuses a kind that is not here, and a field a kind does not list.
+KINDS: dict[str, tuple[str, ...]] = {
+    # host run loop
+    "hvc": ("fid", "result"),
+    "exception": ("what", "esr", "from_el", "vector"),
+    "irq": ("intid", "pc", "vector"),
+    "halt": ("pc",),
+    "wake": ("intid",),
+    "stop": ("pc",),
+    "stall": ("reason", "ns"),
+    "stage2_fault": ("gpn", "ipa", "access", "state", "pc", "el"),
+    # stage-2 page moves
+    "first_touch": ("gpn",),
+    "page_out": ("gpn", "to", "cost_ns"),
+    "page_in_start": ("gpn", "src", "done_ns"),
+    "page_in_done": ("gpn", "src"),
+    # GIC CPU interface
+    "irq_line": ("intid", "level"),
+    "irq_ack": ("intid",),
+    "irq_eoi": ("intid",),
+    "irq_bad_eoi": ("intid",),
+    # SDEI dispatcher
+    "sdei_call": ("call", "x1", "result"),
+    "sdei_state": ("event", "action", "old", "new"),
+    "sdei_raise": ("event", "intid"),
+    "sdei_dispatch": ("event", "pc", "pstate", "entry"),
+    "sdei_complete": ("event", "status", "resume", "pc"),
+    "sdei_mask": ("masked",),
+    "sdei_reset": ("shared",),
+    # APF protocol core and its delivery designs
+    "apf_enable": ("gpa", "send_always", "delivery"),
+    "apf_disable": ("outstanding",),
+    "apf_fallback": ("gpn", "reason", "design"),
+    "apf_not_present": ("token", "gpn", "done_ns", "task", "design"),
+    "apf_refault": ("token", "gpn", "design"),
+    "apf_page_in_done": ("token", "gpn"),
+    "apf_page_ready": ("token", "gpn", "waited_ns"),
+    "apf_ack": ("token",),
+    "apf_wake_all": (),
+    "apf_halt": ("token", "gpn"),
+    "apf_release": ("token", "gpn"),
+}
+_KIND_FIELDS = {k: frozenset(v) for k, v in KINDS.items()}
+
+# Counts by one field's value, kept for these kinds in every mode (records kept or not):
+# faults by the page's state, fallbacks by reason, stalls by reason.  Metrics read these.
+TALLIED = {"stage2_fault": "state", "apf_fallback": "reason", "stall": "reason"}
+
 FORMAT_TAG = "apflab-trace"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2     # 2: "tallies" (counts by a field) in the header
 
 _MODE_SET = frozenset(MODES)
 _FIELD_TYPES = frozenset({int, str, bool, type(None)})
@@ -96,6 +145,7 @@ class Trace:
         self.records: list[Record] = []
         self.spans: list[tuple[int, int, str, int | None]] = []
         self.counts: dict[str, int] = {}
+        self._tallies: dict[str, dict] = {}
         self.dropped = 0
         self._time = dict.fromkeys(MODES, 0)
         self._t0: int | None = None     # start of the first span (kept even when spans are not)
@@ -107,12 +157,23 @@ class Trace:
         if type(t_ns) is not int or type(kind) is not str:
             raise InvariantError(f"trace record needs an int t_ns and a str kind "
                                  f"(got {t_ns!r}, {kind!r})")
+        allowed = _KIND_FIELDS.get(kind)
+        if allowed is None or not allowed.issuperset(fields):
+            raise InvariantError(f"trace kind {kind!r} with fields {sorted(fields)} is not in the "
+                                 f"registry (trace.KINDS)" if allowed is None else
+                                 f"trace kind {kind!r}: fields {sorted(set(fields) - allowed)} are not "
+                                 f"among its registered fields {KINDS[kind]}")
         for value in fields.values():
             if type(value) not in _FIELD_TYPES:
                 fields = _coerce_fields(kind, fields)
                 break
         counts = self.counts
         counts[kind] = counts.get(kind, 0) + 1
+        key = TALLIED.get(kind)
+        if key is not None:
+            tally = self._tallies.setdefault(kind, {})
+            value = fields.get(key)
+            tally[value] = tally.get(value, 0) + 1
         records = self.records
         if len(records) < self._cap:
             rec = _new_object(Record)
@@ -167,6 +228,12 @@ class Trace:
             return 0
         return self.spans[-1][1] - (self.spans[0][0] if self._t0 is None else self._t0)
 
+    def tally(self, kind: str) -> dict:
+        """Counts of ``kind`` by its tallied field (``TALLIED``): e.g. faults by page state."""
+        if kind not in TALLIED:
+            raise ParameterError(f"{kind!r} is not tallied; tallied kinds: {', '.join(TALLIED)}")
+        return dict(sorted(self._tallies.get(kind, {}).items(), key=lambda kv: str(kv[0])))
+
     def breakdown(self) -> dict[str, int]:
         """ns of vCPU time per mode; every mode present; the values sum to elapsed_ns."""
         return dict(self._time)
@@ -186,7 +253,8 @@ class Trace:
     def _header(self) -> dict:
         return {"format": FORMAT_TAG, "version": FORMAT_VERSION,
                 "keep_records": self.keep_records, "max_records": self.max_records,
-                "dropped": self.dropped, "counts": dict(sorted(self.counts.items()))}
+                "dropped": self.dropped, "counts": dict(sorted(self.counts.items())),
+                "tallies": {k: self.tally(k) for k in sorted(self._tallies)}}
 
     def _chunks(self) -> Iterator[str]:
         """The JSON text in pieces: a header, then one line per record and per span."""
@@ -277,7 +345,7 @@ def _truncated(text: str, e: json.JSONDecodeError) -> bool:
                                                    for w in ("true", "false", "null"))))
 
 
-_KEYS = ("format", "version", "keep_records", "max_records", "dropped", "counts",
+_KEYS = ("format", "version", "keep_records", "max_records", "dropped", "counts", "tallies",
          "records", "spans")
 
 
@@ -314,6 +382,18 @@ def _load(obj) -> Trace:
         raise TraceFormatError("counts is not an object of ints >= 0")
     trace = Trace(keep_records=keep, max_records=cap)
     trace.counts = dict(counts)
+    tallies = obj["tallies"]
+    if not isinstance(tallies, dict):
+        raise TraceFormatError("tallies is not an object")
+    for kind, by in tallies.items():
+        if kind not in TALLIED:
+            raise TraceFormatError(f"tallies has {kind!r}, which is not a tallied kind")
+        if not isinstance(by, dict) or not all(_is_int(n) and n >= 0 for n in by.values()):
+            raise TraceFormatError(f"tallies[{kind!r}] is not an object of ints >= 0")
+        if sum(by.values()) != counts.get(kind, 0):
+            raise TraceFormatError(f"tallies[{kind!r}] sums to {sum(by.values())} but counts[{kind!r}] "
+                                   f"is {counts.get(kind, 0)}")
+    trace._tallies = {k: dict(v) for k, v in tallies.items()}
     trace.dropped = dropped
     trace.records = _load_records(obj["records"])
     if len(trace.records) > trace._cap:

@@ -579,7 +579,7 @@ TRACE_EDITS = [
     ("wrong tag", lambda o: o.update(format="apflab-result"),
      "not an apflab trace (format tag is 'apflab-result')"),
     ("no tag", lambda o: o.pop("format"), "format tag missing"),
-    ("wrong version", lambda o: o.update(version=2), "unsupported trace version 2 (this apflab reads version 1)"),
+    ("wrong version", lambda o: o.update(version=1), "unsupported trace version 1 (this apflab reads version 2)"),
     ("version as string", lambda o: o.update(version="1"), "unsupported trace version '1'"),
     ("missing key", lambda o: o.pop("records"), "key 'records' missing"),
     ("t_ns as string", lambda o: o["records"][0].__setitem__(0, "0"), "record 0: t_ns is not an int"),

@@ -146,14 +146,19 @@ def test_page_in_runs_inflight_then_brings_the_bytes_back():
     assert (c.page_ins, c.page_outs, c.bytes_in, c.bytes_out) == (1, 1, PAGE_SIZE, PAGE_SIZE)
 
 
-def test_fault_counts_by_state():
+def test_set_limit_evicts_down_to_it_and_refuses_a_limit_with_no_free_frame():
     s2 = machine()
-    s2.first_touch(0)
-    s2.evict(0)
-    assert s2.fault(BASE + 8) == S.SWAPPED
-    assert s2.fault(BASE + PAGE_SIZE) == S.ABSENT
-    assert s2.counters.faults == {"ABSENT": 1, "RESIDENT": 0, "SWAPPED": 1, "REMOTE": 0,
-                                  "INFLIGHT": 0}
+    for g in range(6):
+        s2.first_touch(g)
+    s2.pin(0)
+    s2.set_limit(3)
+    assert s2.limit_pages == 3 and s2.resident_pages == 3
+    with pytest.raises(ParameterError, match="no frame beside the 1 pinned"):
+        s2.set_limit(1)
+    with pytest.raises(ParameterError, match="int number of pages"):
+        s2.set_limit(2.5)
+    s2.set_limit(None)
+    assert s2.limit_pages is None
 
 
 def test_mmap_ram_really_moves_and_releases_pages():

@@ -18,10 +18,10 @@ class Kind(enum.IntEnum):
 
 def sample() -> Trace:
     t = Trace()
-    t.emit(0, "boot")
-    t.emit(100, "exit", reason="hvc", fid=0xC4000020, el0=False, task=None)
-    t.emit(250, "page_in_start", gpn=7, src="ssd, fast", note='say "hi"\nbye')
-    t.emit(900, "page_in_done", gpn=7)
+    t.emit(0, "wake", intid=None)
+    t.emit(100, "hvc", fid=0xC4000020, result=None)
+    t.emit(250, "page_in_start", gpn=7, src='ssd, "fast"\nbye', done_ns=900)
+    t.emit(900, "page_in_done", gpn=7, src="ssd")
     t.account(0, 100, "el1")
     t.account(100, 130, "host")
     t.account(130, 600, "el0", task=1)
@@ -35,12 +35,10 @@ def sample() -> Trace:
 def test_records_keep_fields_in_order_and_count_kinds():
     t = sample()
     rec = t.records[1]
-    assert rec == Record(100, "exit", (("reason", "hvc"), ("fid", 0xC4000020), ("el0", False),
-                                       ("task", None)))
+    assert rec == Record(100, "hvc", (("fid", 0xC4000020), ("result", None)))
     assert rec.get("fid") == 0xC4000020 and rec.get("nope", -1) == -1
-    assert rec.as_dict() == {"t_ns": 100, "kind": "exit", "reason": "hvc", "fid": 0xC4000020,
-                             "el0": False, "task": None}
-    assert t.counts == {"boot": 1, "exit": 1, "page_in_start": 1, "page_in_done": 1}
+    assert rec.as_dict() == {"t_ns": 100, "kind": "hvc", "fid": 0xC4000020, "result": None}
+    assert t.counts == {"wake": 1, "hvc": 1, "page_in_start": 1, "page_in_done": 1}
     with pytest.raises(AttributeError):
         rec.t_ns = 5                                    # frozen
 
@@ -49,7 +47,7 @@ def test_select_by_kind_and_fields():
     t = sample()
     assert [r.t_ns for r in t.select("page_in_done")] == [900]
     assert [r.kind for r in t.select(gpn=7)] == ["page_in_start", "page_in_done"]
-    assert t.select("exit", reason="svc") == []
+    assert t.select("hvc", fid=1) == []
     assert len(t.select()) == 4
 
 
@@ -57,17 +55,17 @@ def test_select_by_kind_and_fields():
 def test_floats_and_objects_are_rejected_in_every_mode(keep):
     t = Trace(keep_records=keep)
     with pytest.raises(InvariantError, match="float"):
-        t.emit(1, "x", latency=1.5)
+        t.emit(1, "stall", ns=1.5)
     with pytest.raises(InvariantError, match="list"):
-        t.emit(1, "x", gpns=[1, 2])
+        t.emit(1, "first_touch", gpn=[1, 2])
     with pytest.raises(InvariantError):
-        t.emit(1.0, "x")
+        t.emit(1.0, "halt")
     assert t.counts == {}
 
 
 def test_int_and_str_enums_become_plain_values():
     t = Trace()
-    t.emit(5, "fault", state=Kind.SWAPPED)
+    t.emit(5, "stage2_fault", state=Kind.SWAPPED)
     value = t.records[0].get("state")
     assert value == 2 and type(value) is int
 
@@ -75,11 +73,11 @@ def test_int_and_str_enums_become_plain_values():
 def test_max_records_caps_storage_but_not_counts():
     t = Trace(max_records=2)
     for i in range(5):
-        t.emit(i, "tick")
-    assert len(t.records) == 2 and t.counts == {"tick": 5} and t.dropped == 3
+        t.emit(i, "halt")
+    assert len(t.records) == 2 and t.counts == {"halt": 5} and t.dropped == 3
     off = Trace(keep_records=False)
-    off.emit(1, "tick")
-    assert off.records == [] and off.counts == {"tick": 1} and off.dropped == 1
+    off.emit(1, "halt")
+    assert off.records == [] and off.counts == {"halt": 1} and off.dropped == 1
 
 
 # -- spans ------------------------------------------------------------------------------------
@@ -134,7 +132,7 @@ def test_breakdown_of_sample():
 def test_same_run_same_digest_different_run_different_digest():
     assert sample().digest() == sample().digest()
     other = sample()
-    other.emit(1000, "boot")
+    other.emit(1000, "halt")
     assert other.digest() != sample().digest()
     shifted = sample()
     shifted.account(1000, 1001, "host")
@@ -144,8 +142,8 @@ def test_same_run_same_digest_different_run_different_digest():
 @pytest.mark.parametrize("trace", [sample(), Trace(), Trace(max_records=1)])
 def test_json_round_trip_keeps_everything(trace, tmp_path):
     if not trace.records and trace.max_records == 1:
-        trace.emit(1, "a", x=1)
-        trace.emit(2, "a", x=2)
+        trace.emit(1, "halt", pc=1)
+        trace.emit(2, "halt", pc=2)
     back = Trace.from_json(trace.to_json())
     assert back.digest() == trace.digest()
     assert back.records == trace.records and back.spans == trace.spans
@@ -169,7 +167,7 @@ CORRUPT = [
     ("[1, 2]", "not an apflab trace (top level is a list"),
     (json.dumps({"records": []}), "not an apflab trace (format tag missing)"),
     (json.dumps({"format": "apflab-result"}), "format tag is 'apflab-result'"),
-    (mutate(lambda o: o.update(version=2)), "unsupported trace version 2"),
+    (mutate(lambda o: o.update(version=1)), "unsupported trace version 1"),
     (mutate(lambda o: o.pop("spans")), "key 'spans' missing"),
     (mutate(lambda o: o.update(extra=1)), "unexpected key 'extra'"),
     (mutate(lambda o: o["records"][2].__setitem__(0, "250")), "record 2: t_ns is not an int"),
@@ -180,9 +178,9 @@ CORRUPT = [
     (mutate(lambda o: o["records"][0].__setitem__(2, [])), "record 0: fields is not an object"),
     (mutate(lambda o: o["records"][0][2].update(t_ns=1)), "record 0: field name 't_ns'"),
     (mutate(lambda o: o.update(records={})), "records is not a list"),
-    (mutate(lambda o: o["counts"].update(exit=5)), "counts total"),
-    (mutate(lambda o: o["counts"].update(exit=0)), "counts['exit'] is 0"),
-    (mutate(lambda o: o["counts"].update(exit=-1)), "counts is not an object of ints"),
+    (mutate(lambda o: o["counts"].update(hvc=5)), "counts total"),
+    (mutate(lambda o: o["counts"].update(hvc=0)), "counts['hvc'] is 0"),
+    (mutate(lambda o: o["counts"].update(hvc=-1)), "counts is not an object of ints"),
     (mutate(lambda o: o.update(dropped="0")), "dropped"),
     (mutate(lambda o: o["spans"][2].__setitem__(0, 131)), "span 2: starts at 131"),
     (mutate(lambda o: o["spans"][1].__setitem__(2, "idle")), "span 1: mode 'idle'"),
@@ -235,7 +233,7 @@ def test_any_one_character_edit_loads_or_is_a_format_error(data):
 def test_csv_reads_back_with_the_csv_module():
     t = sample()
     rows = list(csv.DictReader(io.StringIO(t.to_csv())))
-    assert [r["kind"] for r in rows] == ["boot", "exit", "page_in_start", "page_in_done"]
+    assert [r["kind"] for r in rows] == ["wake", "hvc", "page_in_start", "page_in_done"]
     assert [int(r["t_ns"]) for r in rows] == [0, 100, 250, 900]
     assert [json.loads(r["fields"]) for r in rows] == [dict(r.fields) for r in t.records]
     spans = list(csv.DictReader(io.StringIO(t.spans_csv())))
@@ -248,3 +246,35 @@ def test_save_csv(tmp_path):
     sample().save_csv(path)
     with open(path, newline="") as f:
         assert len(list(csv.reader(f))) == 5
+
+
+# -- the registry of kinds ----------------------------------------------------------------------
+
+def test_unknown_kinds_and_fields_are_refused():
+    t = Trace()
+    with pytest.raises(InvariantError, match="registry"):
+        t.emit(1, "boot")
+    with pytest.raises(InvariantError, match="registered fields"):
+        t.emit(1, "halt", pc=1, colour="red")
+    assert t.counts == {}
+
+
+def test_tallies_count_by_field_in_every_mode_and_survive_json():
+    for keep in (True, False):
+        t = Trace(keep_records=keep)
+        for state in ("swapped", "swapped", "absent"):
+            t.emit(1, "stage2_fault", state=state)
+        t.emit(2, "apf_fallback", reason="queue_full")
+        assert t.tally("stage2_fault") == {"absent": 1, "swapped": 2}
+        assert t.tally("apf_fallback") == {"queue_full": 1}
+        assert Trace.from_json(t.to_json()).tally("stage2_fault") == {"absent": 1, "swapped": 2}
+
+
+def test_every_kind_the_machine_emits_is_registered():
+    import apflab
+    from apflab.trace import KINDS
+    r = apflab.run_scenario("memtouch", apf=True, seed=0, npages=16, limit_pages=8, calc_thread=True)
+    seen = {rec.kind for rec in r.trace.records}
+    assert seen <= set(KINDS)
+    for rec in r.trace.records:
+        assert {k for k, _ in rec.fields} <= set(KINDS[rec.kind])

@@ -82,6 +82,7 @@ Configuration (``build_source`` keywords, emitted as ``config_*`` quads)::
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -112,7 +113,12 @@ WORKLOADS = {
     "compute": (("iters", "report", "limit"), ("units",)),
     "yield_loop": (("count",), ("done", "pid")),
     "sleeper": (("ns", "count"), ("t_start", "t_end", "sleeps")),
+    "sysread": (("buf", "npages", "rounds", "kernel_every", "tag"), ("mismatches", "rounds_done", "touches")),
 }
+_BUFFERED = {"memtouch": 4, "sysread": None}     # entry -> index of its stride parameter (None: a page)
+
+# Delivery designs the kernel can be built for (config_apf_delivery); "halt" needs no support.
+DELIVERY_IDS = {"sdei": 0, "irq": 1, "abort": 2, "halt": 3}
 
 _HERE = Path(__file__).resolve().parent
 _U64 = (1 << 64) - 1
@@ -147,6 +153,14 @@ def sleeper(ns: int, count: int = 1, *, measured: bool = True) -> TaskSpec:
     return TaskSpec("sleeper", [ns, count], measured)
 
 
+def sysread(npages: int, rounds: int = 1, *, kernel_every: int = 2, buf: int = 0, tag: int = 0,
+            measured: bool = True) -> TaskSpec:
+    """Read one u64 per page of a buffer, every ``kernel_every``-th page through the ``peek``
+    system call (a kernel-mode access with IRQs masked), the others directly; the values must
+    be ``memtouch_value(tag, 0, i)``."""
+    return TaskSpec("sysread", [buf, npages, rounds, kernel_every, tag], measured)
+
+
 def memtouch_value(tag: int, rnd: int, i: int) -> int:
     """What memtouch leaves in page ``i`` after round ``rnd`` (the workloads.S formula)."""
     return (0xA5A5 << 48) | ((tag & 0xFF) << 40) | ((rnd & 0xFF) << 32) | (i & 0xFFFFFFFF)
@@ -167,10 +181,11 @@ def resolve_tasks(tasks: list[TaskSpec], buf_base: int = DEFAULT_BUF_BASE) -> li
         raise ParameterError(f"buf_base must be page aligned, got {buf_base:#x}")
     out, cursor = [], buf_base
     for t in tasks:
-        if t.entry == "memtouch" and t.params and t.params[0] == 0:
+        if t.entry in _BUFFERED and t.params and t.params[0] == 0:
             params = list(t.params)
             params[0] = cursor
-            npages, stride = params[1], params[4] if len(params) > 4 else PAGE_SIZE
+            k = _BUFFERED[t.entry]
+            npages, stride = params[1], params[k] if k is not None and len(params) > k else PAGE_SIZE
             cursor += _pages(max(1, npages * stride)) * PAGE_SIZE
             t = replace(t, params=params)
         out.append(t)
@@ -181,8 +196,9 @@ def task_buffers(tasks: list[TaskSpec], buf_base: int = DEFAULT_BUF_BASE) -> lis
     """Each task's buffer as a range of addresses (step 1 page), or None."""
     out = []
     for t in resolve_tasks(tasks, buf_base):
-        if t.entry == "memtouch":
-            buf, npages, stride = t.params[0], t.params[1], t.params[4]
+        if t.entry in _BUFFERED:
+            k = _BUFFERED[t.entry]
+            buf, npages, stride = t.params[0], t.params[1], PAGE_SIZE if k is None else t.params[k]
             out.append(range(buf, buf + _pages(max(1, npages * stride)) * PAGE_SIZE, PAGE_SIZE))
         else:
             out.append(None)
@@ -200,13 +216,16 @@ def workloads_source() -> str:
 def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_enable: bool = True,
                  sdei_enable: bool = True, stop_mask: int | None = None,
                  buf_base: int = DEFAULT_BUF_BASE, wake_resched: bool = True,
-                 ram_size: int = DEFAULT_RAM_SIZE, extra_source: str = "") -> str:
+                 ram_size: int = DEFAULT_RAM_SIZE, extra_source: str = "", delivery: str = "sdei",
+                 send_always: bool = False) -> str:
     """One assembly source: kernel + workloads + ``extra_source`` + generated config and tasks.
 
     ``stop_mask`` defaults to the measured tasks: the run stops (``brk #0``) when all of them
     have exited (and in any case when every task has).  ``extra_source`` may define more
     workload entry points for ``TaskSpec.entry``.
     """
+    if delivery not in DELIVERY_IDS:
+        raise ParameterError(f"unknown delivery design {delivery!r}; choose one of {', '.join(DELIVERY_IDS)}")
     if not 1 <= len(tasks) <= TASK_MAX:
         raise ParameterError(f"between 1 and {TASK_MAX} tasks, got {len(tasks)}")
     if not isinstance(tick_ns, int) or tick_ns < 0:
@@ -232,7 +251,10 @@ def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_e
     config = [("config_nr_tasks", len(tasks)), ("config_tick_ns", tick_ns),
               ("config_apf_enable", int(bool(apf_enable))), ("config_sdei_enable", int(bool(sdei_enable))),
               ("config_stop_mask", stop_mask & _U64), ("config_buf_base", buf_base),
-              ("config_wake_resched", int(bool(wake_resched)))]
+              ("config_wake_resched", int(bool(wake_resched))),
+              ("config_apf_delivery", DELIVERY_IDS[delivery]),
+              ("config_apf_send_always", int(bool(send_always))),
+              ("config_ram_end", RAM_BASE + ram_size)]
     for name, value in config:
         lines.append(f"{name}:\t.quad\t{value:#x}")
     lines.append("task_table:")
@@ -245,6 +267,44 @@ def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_e
             lines.append("\t.quad\t" + ", ".join(f"{v:#x}" for v in vals[k:k + 4]))
     lines += ["\t.balign\t4096", "kernel_end:", "\t.quad\t0", ""]
     return "\n".join([kernel_source(), workloads_source(), extra_source] + lines)
+
+
+# ---------------------------------------------------------------------- design support, counted
+
+_DESIGN_MARK = re.compile(r"^\s*//\s*DESIGN-(BEGIN|END)\s+([\w,]+)")
+_STATEMENT = re.compile(r"^\s*(?:[\w.]+:\s*)*([a-z_][\w.]*)\b")
+
+
+def design_lines() -> dict[str, int]:
+    """Assembly statements (instructions and macro uses; not labels, comments or
+    directives) of the kernel inside each ``// DESIGN-BEGIN name`` ... ``// DESIGN-END name``
+    region; a region may name several designs ("irq,abort") and counts for each."""
+    counts: dict[str, int] = {}
+    active: list[str] = []
+    for line in kernel_source().splitlines():
+        mark = _DESIGN_MARK.match(line)
+        if mark:
+            names = mark.group(2).split(",")
+            if mark.group(1) == "BEGIN":
+                active.extend(names)
+            else:
+                for n in names:
+                    active.remove(n)
+            continue
+        code = line.split("//")[0]
+        m = _STATEMENT.match(code)
+        if m and not m.group(1).startswith(".") and active:
+            for n in set(active):
+                counts[n] = counts.get(n, 0) + 1
+    return counts
+
+
+def guest_support_lines(design: str) -> int:
+    """Kernel statements a design needs: its own regions plus the APF client (for PV designs)."""
+    c = design_lines()
+    if design in ("sync", "halt"):
+        return 0
+    return c.get(design, 0) + c.get("apf", 0)
 
 
 # ---------------------------------------------------------------------- after loading
@@ -317,8 +377,9 @@ def read_kernel_state(machine, symbols: dict[str, int]) -> dict:
             names_in, names_out = WORKLOADS[entry]
             t["params"] = dict(zip(names_in, inputs))
             t.update(zip(names_out, out))
-            if entry == "memtouch":
-                buf, npages, stride = inputs[0], inputs[1], inputs[4]
+            if entry in _BUFFERED:
+                k = _BUFFERED[entry]
+                buf, npages, stride = inputs[0], inputs[1], PAGE_SIZE if k is None else inputs[k]
                 t["buffer"] = range(buf, buf + _pages(max(1, npages * stride)) * PAGE_SIZE, PAGE_SIZE)
         tasks.append(t)
 

@@ -67,10 +67,15 @@
 	.equ	SYS_GETTIME, 3
 	.equ	SYS_SLEEP, 4
 	.equ	SYS_GETPID, 5
+	.equ	SYS_PEEK, 6
 	.equ	ENOSYS, -38
+	.equ	EFAULT, -14
 
 	// ESR_EL1.EC values we expect
 	.equ	EC_SVC64, 0x15
+	.equ	EC_IABT_LOW, 0x20	// instruction abort from EL0
+	.equ	EC_DABT_LOW, 0x24	// data abort from EL0
+	.equ	EC_DABT_CUR, 0x25	// data abort from EL1
 
 	// GICv3: INTIDs and the spurious ID
 	.equ	INTID_VTIMER, 27
@@ -111,7 +116,16 @@
 	.equ	ASYNC_PF_IRQ, 3
 	.equ	ASYNC_PF_ENABLE, 4
 	.equ	ASYNC_PF_IRQ_ACK, 5
+	.equ	ASYNC_PF_NP_IRQ, 6	// lab's own: the "irq" design's not-present PPI
 	.equ	ASYNC_PF_EN_ENABLED, 1
+	.equ	ASYNC_PF_EN_SEND_ALWAYS, 2
+	.equ	ASYNC_PF_EN_DELIVERY_SHIFT, 2	// bits [3:2]: the design we handle
+
+	// config_apf_delivery: how "page not present" reaches us
+	.equ	APF_DELIVERY_SDEI, 0
+	.equ	APF_DELIVERY_IRQ, 1
+	.equ	APF_DELIVERY_ABORT, 2
+	.equ	APF_DELIVERY_HALT, 3	// nothing to do: the host halts the vCPU
 
 	// struct kvm_vcpu_pv_apf_data { u32 reason; u32 token; u8 pad[56]; u32 enabled; }
 	.equ	APF_REASON, 0
@@ -130,6 +144,7 @@
 	.equ	APF_KIND_FREE, 0
 	.equ	APF_KIND_WAITER, 1	// a task sleeps on this token
 	.equ	APF_KIND_DUMMY, 2	// "page ready" came first: don't park on this token
+	.equ	APF_KIND_IGNORE, 3	// not parked (kernel mode): drop its "page ready"
 
 	// kernel_panic reasons
 	.equ	PANIC_UNEXPECTED, 1	// an exception with no handler (panic_vector says which)
@@ -228,7 +243,8 @@ vectors:
 	unexpected_vector 2		// 0x100 EL1t FIQ
 	unexpected_vector 3		// 0x180 EL1t SError
 
-	unexpected_vector 4		// 0x200 EL1h sync: a kernel bug (or our own panic brk)
+	.balign	128			// 0x200 EL1h sync: an APF abort in the kernel, else a bug
+	b	el1_sync		// (or our own panic brk)
 	.balign	128			// 0x280 EL1h IRQ: only taken in the idle loop
 	b	el1_irq
 	unexpected_vector 6		// 0x300 EL1h FIQ
@@ -264,7 +280,9 @@ _start:
 	str_l	x0, rr_cursor, x1
 	str_l	x0, apf_sdei_event, x1
 	str_l	x0, apf_irq, x1
+	str_l	x0, apf_np_irq, x1
 	str_l	x0, sdei_event, x1
+	str_l	xzr, apf_usable, x1
 
 	// The workload buffers must lie above the image (they are evicted
 	// independently of it).
@@ -358,6 +376,7 @@ tasks_init_clear:
 tasks_init_done:
 	ret
 
+// DESIGN-BEGIN sdei
 // ================================================================ SDEI client
 //
 // The probe of drivers/firmware/arm_sdei.c, step by step: VERSION (major
@@ -444,12 +463,16 @@ sdei_probe_out:
 	ret
 sdei_probe_fail:
 	ret
+// DESIGN-END sdei
 
 // ================================================================ APF discovery and enable
 
+// DESIGN-BEGIN apf
 // Ask the KVM vendor service what it offers.  Only when the ASYNC_PF bit is
 // set (the host hides it for "APF off" runs) and config_apf_enable is 1 do
-// we learn the slots, the SDEI event and the page-ready PPI.
+// we learn the slots, the page-ready PPI and how "not present" comes: the
+// SDEI event (sdei design) or the not-present PPI (irq design); the abort
+// design needs nothing more.  apf_usable = 1 when all of it worked.
 apf_discover:
 	kvm_fid	x0, KVM_FEATURES
 	hvc	#0
@@ -477,12 +500,28 @@ apf_discover:
 	tbnz	x0, #63, apf_discover_out
 	str_l	x0, apf_irq, x9
 
+	ldr_l	x1, config_apf_delivery
+	cmp	x1, #APF_DELIVERY_IRQ
+	b.eq	apf_discover_np_irq
+	cmp	x1, #APF_DELIVERY_ABORT
+	b.eq	apf_discover_usable
+
 	// The event number last: a valid apf_sdei_event means "APF usable".
 	kvm_fid	x0, KVM_ASYNC_PF
 	mov	x1, #ASYNC_PF_SDEI
 	hvc	#0
 	tbnz	x0, #63, apf_discover_out
 	str_l	x0, apf_sdei_event, x9
+	b	apf_discover_usable
+apf_discover_np_irq:
+	kvm_fid	x0, KVM_ASYNC_PF
+	mov	x1, #ASYNC_PF_NP_IRQ
+	hvc	#0
+	tbnz	x0, #63, apf_discover_out
+	str_l	x0, apf_np_irq, x9
+apf_discover_usable:
+	mov	x0, #1
+	str_l	x0, apf_usable, x9
 apf_discover_out:
 	ret
 
@@ -491,14 +530,24 @@ apf_discover_out:
 // (the host refuses it before, and we could not take the notifications).
 apf_enable:
 	str_l	xzr, apf_enabled, x9
+	ldr_l	x0, apf_usable
+	cbz	x0, apf_enable_out
+	ldr_l	x5, config_apf_delivery
+	cbnz	x5, apf_enable_go		// irq, abort: no SDEI needed
 	ldr_l	x0, sdei_probe_done
 	mov	x1, #((1 << SDEI_STEP_REGISTER) | (1 << SDEI_STEP_ENABLE) | (1 << SDEI_STEP_UNMASK))
 	and	x2, x0, x1
 	cmp	x2, x1
 	b.ne	apf_enable_out
+apf_enable_go:
 	adr	x4, apf_data
 	str	xzr, [x4, #APF_REASON]
 	orr	x4, x4, #ASYNC_PF_EN_ENABLED
+	orr	x4, x4, x5, lsl #2			// ASYNC_PF_EN_DELIVERY_SHIFT
+	ldr_l	x6, config_apf_send_always
+	cbz	x6, apf_enable_call
+	orr	x4, x4, #ASYNC_PF_EN_SEND_ALWAYS
+apf_enable_call:
 	kvm_fid	x0, KVM_ASYNC_PF
 	mov	x1, #ASYNC_PF_ENABLE
 	mov	w2, w4				// low 32 bits
@@ -510,6 +559,7 @@ apf_enable:
 	str_l	x0, apf_enabled, x9
 apf_enable_out:
 	ret
+// DESIGN-END apf
 
 // ================================================================ scheduler
 //
@@ -640,7 +690,7 @@ el0_sync:
 	mrs	x1, esr_el1
 	lsr	x2, x1, #26
 	cmp	x2, #EC_SVC64
-	b.ne	el0_sync_bad
+	b.ne	el0_sync_not_svc
 
 	// x19 = current task index, x20 = its struct, x0 = first argument.
 	// x8 still holds the syscall number (the entry only used x0-x3).
@@ -660,6 +710,8 @@ el0_sync:
 	b.eq	sys_sleep
 	cmp	x8, #SYS_GETPID
 	b.eq	sys_getpid
+	cmp	x8, #SYS_PEEK
+	b.eq	sys_peek
 	mov	x0, #ENOSYS
 	b	syscall_return
 
@@ -695,6 +747,25 @@ sys_gettime:
 // getpid(): the task's index.
 sys_getpid:
 	mov	x0, x19
+	b	syscall_return
+
+// peek(addr): the u64 at addr, read by the kernel (a kernel-mode access with
+// IRQs masked, as copy_from_user in a system call); -14 (EFAULT) unless addr
+// is 8-aligned inside the workload buffers [config_buf_base, end of RAM).
+sys_peek:
+	ldr_l	x1, config_buf_base
+	cmp	x0, x1
+	b.lo	sys_peek_fault
+	tst	x0, #7
+	b.ne	sys_peek_fault
+	ldr_l	x1, config_ram_end
+	sub	x1, x1, #8
+	cmp	x0, x1
+	b.hi	sys_peek_fault
+	ldr	x0, [x0]			// may fault in kernel mode: the page is in swap
+	b	syscall_return
+sys_peek_fault:
+	mov	x0, #EFAULT
 	b	syscall_return
 
 // sleep(ns): sleep at least ns; woken by the first tick after the deadline.
@@ -748,6 +819,63 @@ sys_exit:
 sys_exit_resched:
 	b	schedule
 
+// DESIGN-BEGIN abort
+// Not a syscall.  With the abort design, an abort from a task whose shared
+// block says PAGE_NOT_PRESENT is the host's notice: park the task (it
+// retries the instruction when it runs again).  Anything else is a task bug.
+el0_sync_not_svc:
+	ldr_l	x3, config_apf_delivery
+	cmp	x3, #APF_DELIVERY_ABORT
+	b.ne	el0_sync_bad
+	cmp	x2, #EC_DABT_LOW
+	b.eq	el0_sync_apf
+	cmp	x2, #EC_IABT_LOW
+	b.ne	el0_sync_bad
+el0_sync_apf:
+	bl	apf_np_park
+	cbnz	x0, el0_sync_bad		// the block did not say "not present"
+	b	ret_to_user_or_schedule
+
+// An abort in the kernel itself: with SEND_ALWAYS the host may notify one for
+// a kernel-mode access (peek).  We cannot sleep in the kernel: forget the
+// token (drop its "page ready"), free the slot and retry; the host then
+// waits for the page synchronously.  Anything else is a kernel bug.
+el1_sync:
+	stp	x0, x1, [sp, #-16]!
+	mrs	x0, esr_el1
+	lsr	x0, x0, #26
+	cmp	x0, #EC_DABT_CUR
+	b.ne	el1_sync_bad
+	ldr_l	x0, config_apf_delivery
+	cmp	x0, #APF_DELIVERY_ABORT
+	b.ne	el1_sync_bad
+	adr	x0, apf_data
+	ldr	w1, [x0, #APF_REASON]
+	cmp	w1, #APF_PAGE_NOT_PRESENT
+	b.ne	el1_sync_bad
+	stp	x29, x30, [sp, #-16]!
+	stp	x9, x10, [sp, #-16]!
+	stp	x11, x12, [sp, #-16]!
+	stp	x13, x6, [sp, #-16]!
+	ldr	w6, [x0, #APF_TOKEN]
+	bl	apf_np_ignore
+	adr	x0, apf_data
+	str	wzr, [x0, #APF_TOKEN]
+	str	wzr, [x0, #APF_REASON]
+	inc_l	apf_not_present, x0, x1
+	inc_l	apf_not_parked, x0, x1
+	ldp	x13, x6, [sp], #16
+	ldp	x11, x12, [sp], #16
+	ldp	x9, x10, [sp], #16
+	ldp	x29, x30, [sp], #16
+	ldp	x0, x1, [sp], #16
+	eret
+el1_sync_bad:
+	ldp	x0, x1, [sp], #16
+	mov	x0, #4
+	b	el_unexpected
+// DESIGN-END abort
+
 el0_sync_bad:
 	mov	x0, #PANIC_BAD_EL0_SYNC
 	mov	x1, #8				// the vector: 0x400 / 0x80
@@ -794,9 +922,17 @@ handle_irq:
 handle_irq_not_timer:
 	ldr_l	x0, apf_irq
 	cmp	x19, x0
-	b.ne	handle_irq_unknown
+	b.ne	handle_irq_not_ready
 	bl	apf_page_ready
 	b	handle_irq_eoi
+handle_irq_not_ready:
+// DESIGN-BEGIN irq
+	ldr_l	x0, apf_np_irq			// "page not present" as an interrupt
+	cmp	x19, x0
+	b.ne	handle_irq_unknown
+	bl	apf_np_park			// the interrupted task is the one that faulted
+	b	handle_irq_eoi
+// DESIGN-END irq
 handle_irq_unknown:
 	inc_l	irq_unknown, x0, x1
 handle_irq_eoi:
@@ -858,6 +994,7 @@ timer_tick_off:
 	ret
 
 // ================================================================ async page faults
+// DESIGN-BEGIN apf
 //
 // The token table (apf_table) remembers which task waits for which page:
 // 2 x SLOTS entries { u32 token; u32 kind; u64 task; }, searched linearly.
@@ -884,6 +1021,83 @@ apf_table_find_next:
 apf_table_find_out:
 	ret
 
+// apf_np_ignore: w6 = a token whose task we could not park.  Remember it so
+// that its "page ready" is dropped instead of leaving a dummy entry that no
+// "not present" would ever consume.  Clobbers x9-x13.
+apf_np_ignore:
+	stp	x29, x30, [sp, #-16]!
+	mov	w9, w6
+	mov	x10, #APF_KIND_FREE
+	bl	apf_table_find
+	ldp	x29, x30, [sp], #16
+	cbz	x11, apf_np_ignore_out
+	str	w6, [x11, #APF_E_TOKEN]
+	mov	x10, #-1
+	str	x10, [x11, #APF_E_TASK]
+	mov	w10, #APF_KIND_IGNORE
+	str	w10, [x11, #APF_E_KIND]
+apf_np_ignore_out:
+	ret
+// DESIGN-END apf
+
+// DESIGN-BEGIN irq,abort
+// apf_np_park: "page not present" reached us as an IRQ or an abort from a
+// task, whose context is saved.  Park the current task on the token (or
+// consume the dummy a "page ready" that came first left), free the slot,
+// ask for a reschedule.  Returns x0 = 0, or 1 when the block does not say
+// PAGE_NOT_PRESENT.  Clobbers x0-x13.
+apf_np_park:
+	stp	x29, x30, [sp, #-16]!
+	adr	x4, apf_data
+	ldr	w5, [x4, #APF_REASON]
+	cmp	w5, #APF_PAGE_NOT_PRESENT
+	b.ne	apf_np_park_bad
+	ldr	w6, [x4, #APF_TOKEN]
+	inc_l	apf_not_present, x7, x8
+	ldr_l	x7, current_task
+	tbnz	x7, #63, apf_np_park_none
+	mov	w9, w6
+	mov	x10, #APF_KIND_DUMMY
+	bl	apf_table_find
+	cbnz	x11, apf_np_park_dummy
+	mov	x10, #APF_KIND_FREE
+	bl	apf_table_find
+	cbz	x11, apf_np_park_full
+	str	w6, [x11, #APF_E_TOKEN]
+	str	x7, [x11, #APF_E_TASK]
+	mov	w10, #APF_KIND_WAITER
+	str	w10, [x11, #APF_E_KIND]
+	mov	x8, #TS_APF_WAIT
+	adr	x9, task_state
+	str	x8, [x9, x7, lsl #3]
+	inc_task task_parked, x7, x9, x10
+	mov	x8, #1
+	str_l	x8, need_resched, x9
+	b	apf_np_park_release
+apf_np_park_dummy:
+	str	wzr, [x11, #APF_E_KIND]		// the wake-up came first: consume it
+	inc_l	apf_dummy_hits, x9, x10
+	b	apf_np_park_release
+apf_np_park_full:
+	inc_l	apf_table_full, x9, x10
+	b	apf_np_park_release
+apf_np_park_none:
+	inc_l	apf_not_parked, x9, x10
+	bl	apf_np_ignore
+apf_np_park_release:
+	str	wzr, [x4, #APF_TOKEN]
+	str	wzr, [x4, #APF_REASON]
+	mov	x0, #0
+	ldp	x29, x30, [sp], #16
+	ret
+apf_np_park_bad:
+	inc_l	apf_bad_np, x9, x10
+	mov	x0, #1
+	ldp	x29, x30, [sp], #16
+	ret
+// DESIGN-END irq,abort
+
+// DESIGN-BEGIN sdei
 // "Page not present": the SDEI event handler.
 //
 // Entered by the host at EL1h with DAIF masked: x0 = event, x1 = ep_arg
@@ -960,6 +1174,7 @@ sdei_apf_table_full:
 
 sdei_apf_no_park:
 	inc_l	apf_not_parked, x9, x10
+	bl	apf_np_ignore			// drop its "page ready" when it comes
 	// fall through: the task (or kernel) retries the access and the host
 	// takes the synchronous path for this page.
 sdei_apf_release:
@@ -984,7 +1199,9 @@ sdei_apf_returned:
 	mov	x0, #PANIC_UNEXPECTED
 	mov	x1, #-2
 	b	panic
+// DESIGN-END sdei
 
+// DESIGN-BEGIN apf
 // "Page ready": the PPI handler (called from handle_irq; any register may
 // be clobbered).
 //
@@ -1009,10 +1226,17 @@ apf_page_ready:
 	mov	w9, w22
 	mov	x10, #APF_KIND_WAITER
 	bl	apf_table_find
-	cbz	x11, apf_page_ready_early
+	cbz	x11, apf_page_ready_ignored
 	ldr	x0, [x11, #APF_E_TASK]
 	str	wzr, [x11, #APF_E_KIND]
 	bl	apf_wake_task
+	b	apf_page_ready_ack
+
+apf_page_ready_ignored:
+	mov	x10, #APF_KIND_IGNORE		// a token we could not park on: drop it
+	bl	apf_table_find
+	cbz	x11, apf_page_ready_early
+	str	wzr, [x11, #APF_E_KIND]
 	b	apf_page_ready_ack
 
 apf_page_ready_early:
@@ -1078,6 +1302,7 @@ apf_wake_task:
 	str_l	x3, need_resched, x1
 apf_wake_task_out:
 	ret
+// DESIGN-END apf
 
 // ================================================================ stopping and panics
 
@@ -1189,6 +1414,9 @@ apf_dummy_hits:		.quad	0	// not-present that found its dummy (task not parked)
 apf_not_parked:		.quad	0	// not-present while not in a task
 apf_table_full:		.quad	0
 apf_bad_ready:		.quad	0
+apf_np_irq:		.quad	-1	// the "irq" design's not-present PPI
+apf_usable:		.quad	0	// discovery found everything our design needs
+apf_bad_np:		.quad	0	// a not-present IRQ/abort whose block said otherwise
 
 // Per-task arrays, TASK_MAX u64 each, indexed by task number.
 task_state:		.space	TASK_MAX * 8	// TS_*

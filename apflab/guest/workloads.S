@@ -217,3 +217,80 @@ sleeper_exit:
 	mov	x0, #0
 	syscall	1
 	b	sleeper_exit
+
+// ---------------------------------------------------------------- sysread
+//
+// Read one u64 per page of a buffer the host filled with value(0, i) (the
+// memtouch formula, round 0) and check it, `rounds` times.  Every
+// `kernel_every`-th page (i % kernel_every == kernel_every - 1) is read by
+// the kernel through peek(addr) (syscall 6): that first access is a
+// kernel-mode access with IRQs masked, like copy_from_user in a system call.
+// One work unit per page read, reported every 16 pages.
+//
+// params: 0 buf, 1 npages, 2 rounds, 3 kernel_every (0: never), 4 tag
+// out:    8 mismatches, 9 rounds done, 10 pages read
+
+sysread:
+	mov	x19, x0
+	ldp	x20, x21, [x19, #0]		// buf, npages
+	ldp	x22, x23, [x19, #16]		// rounds, kernel_every
+	ldr	x25, [x19, #32]			// tag
+	and	x25, x25, #0xff
+	lsl	x25, x25, #40
+	movz	x9, #0xA5A5, lsl #48
+	orr	x25, x25, x9			// value(0, i) = x25 | i
+	mov	x26, #0				// rounds done
+	mov	x28, #0				// units not yet reported
+sysread_round:
+	cmp	x26, x22
+	b.hs	sysread_done
+	mov	x27, #0				// i
+	mov	x29, x20
+	mov	x24, #1				// position in the kernel_every cycle
+sysread_page:
+	cmp	x27, x21
+	b.hs	sysread_round_end
+	cbz	x23, sysread_user
+	cmp	x24, x23
+	b.lo	sysread_user
+	mov	x24, #0
+	mov	x0, x29
+	syscall	6				// peek(addr): the kernel reads it
+	mov	x10, x0
+	b	sysread_check
+sysread_user:
+	ldr	x10, [x29]			// may fault: the page is in swap
+sysread_check:
+	add	x24, x24, #1
+	orr	x11, x25, x27
+	cmp	x10, x11
+	b.eq	sysread_counted
+	ldr	x13, [x19, #(P_OUT + 0)]
+	add	x13, x13, #1
+	str	x13, [x19, #(P_OUT + 0)]
+sysread_counted:
+	ldr	x13, [x19, #(P_OUT + 16)]
+	add	x13, x13, #1
+	str	x13, [x19, #(P_OUT + 16)]
+	add	x28, x28, #1
+	cmp	x28, #16
+	b.lo	sysread_next
+	mov	x0, x28
+	syscall	2				// work_add(16)
+	mov	x28, #0
+sysread_next:
+	add	x29, x29, #4096
+	add	x27, x27, #1
+	b	sysread_page
+sysread_round_end:
+	add	x26, x26, #1
+	str	x26, [x19, #(P_OUT + 8)]
+	b	sysread_round
+sysread_done:
+	cbz	x28, sysread_exit
+	mov	x0, x28
+	syscall	2
+sysread_exit:
+	mov	x0, #0
+	syscall	1
+	b	sysread_exit
