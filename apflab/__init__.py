@@ -8,7 +8,8 @@ The public API (DESIGN.md "harness contract"):
     m.run(max_instructions=1_000_000)
     m.reg("x0"), m.read_u64(addr)
 
-and, for experiments, ``apflab.run_scenario(name, apf=..., seed=..., **params)``.
+and, for experiments, ``apflab.run_scenario(name, apf=..., delivery=..., seed=..., **params)``
+and ``apflab.compare_designs(name, seed=..., **params)``.
 """
 
 from .errors import (ApflabError, AsmError, BudgetExceeded, GuestError, GuestFault, HookError,
@@ -23,7 +24,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # Scenarios pull in the guest kernel; load them on first use.
-    if name in ("run_scenario", "ScenarioResult", "SCENARIOS", "compare"):
+    if name in ("run_scenario", "ScenarioResult", "SCENARIOS", "compare", "compare_designs", "build"):
         from . import scenarios
         return getattr(scenarios, name)
     raise AttributeError(f"module 'apflab' has no attribute {name!r}")
@@ -31,4 +32,5 @@ def __getattr__(name):
 
 __all__ = ["Machine", "RAM_BASE", "HostCosts", "Trace", "ApflabError", "AsmError", "BudgetExceeded",
            "GuestError", "GuestFault", "HookError", "InvariantError", "ParameterError",
-           "TraceFormatError", "run_scenario", "ScenarioResult", "SCENARIOS", "compare", "sweep"]
+           "TraceFormatError", "run_scenario", "ScenarioResult", "SCENARIOS", "compare", "compare_designs",
+           "build", "sweep"]

@@ -2,6 +2,7 @@
 
     apflab run memtouch --apf on --param calc_thread=true --json
     apflab compare gleb2010
+    apflab designs syscall_read --param send_always=true
     apflab sweep memtouch --grid latency_ns=20000,50000,100000 --grid calc_thread=false,true
     apflab lab
     apflab check
@@ -64,7 +65,8 @@ def _emit(rows: list[dict], fmt: str, out) -> None:
 
 def cmd_run(args) -> int:
     from .scenarios import run_scenario
-    r = run_scenario(args.scenario, apf=args.apf == "on", seed=args.seed, **_params(args.param))
+    r = run_scenario(args.scenario, apf=args.apf == "on", seed=args.seed, delivery=args.delivery,
+                     **_params(args.param))
     if args.format == "table":
         print(r.table())
     else:
@@ -86,6 +88,22 @@ def cmd_compare(args) -> int:
     ratio = on.work.get("compute", 0) / off.work["compute"] if off.work.get("compute") else None
     print(f"\nelapsed on/off: {on.elapsed_ns / off.elapsed_ns:.3f}"
           + (f"   compute work on/off: {ratio:.2f}x" if ratio else ""))
+    return 0
+
+
+def cmd_designs(args) -> int:
+    from . import designs
+    from .scenarios import compare_designs
+    rows = designs.table(compare_designs(args.scenario, seed=args.seed, **_params(args.param)))
+    if args.format == "table":
+        print(f"{args.scenario}, seed {args.seed}: the five designs ('sync' is APF off)\n")
+        print(designs.text(rows))
+    else:
+        for r in rows:
+            if args.format == "csv":
+                r["fallbacks"] = ";".join(f"{k}={v}" for k, v in sorted(r["fallbacks"].items()))
+                r["migration_state"] = ";".join(r["migration_state"])
+        _emit(rows, args.format, sys.stdout)
     return 0
 
 
@@ -181,11 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one scenario and print its result")
     common(p)
     p.add_argument("--apf", choices=("on", "off"), required=True)
+    p.add_argument("--delivery", choices=("sdei", "irq", "abort", "halt"), default="sdei",
+                   help="how 'page not present' reaches the guest (with --apf on)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("compare", help="APF off and on side by side")
     common(p)
     p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser("designs", help="the five delivery designs (sync, sdei, irq, abort, halt) side by side")
+    common(p)
+    p.set_defaults(fn=cmd_designs)
 
     p = sub.add_parser("sweep", help="a parameter grid over local cores (CSV/JSON out)")
     common(p)

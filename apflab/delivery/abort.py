@@ -28,6 +28,8 @@ class AbortDelivery(Delivery):
     def not_present(self, vcpu, work, fault) -> None:
         host = self.host
         ec = EC_IABT_LOW if fault.access == "fetch" else EC_DABT_LOW
+        if fault.el != 0:
+            ec += 1                      # from the current EL (EC_DABT_CUR / EC_IABT_CUR)
         wnr = (1 << 6) if fault.access == "write" else 0
         esr = (ec << 26) | ESR_IL | wnr | FSC_EXTABT
         vector = vcpu.take_exception(VEC_SYNC, return_pc=fault.pc, esr=esr, far=fault.ipa)
