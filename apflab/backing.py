@@ -213,6 +213,12 @@ class SwapStore(BackingStore):
         self.reads += 1
         return done
 
+    def set_read_latency(self, latency_ns: int, jitter: float) -> None:
+        """Future reads take ``latency_ns`` (median) with ``jitter``; reads already queued keep
+        their times, and the channel count stays as built (queued reads hold channels)."""
+        self.latency_ns = _check_number("latency_ns", latency_ns, 0)
+        self.jitter = _check_number("jitter", jitter, 0, 3, integer=False)
+
     def write_cost_ns(self) -> int:
         return self.write_ns
 

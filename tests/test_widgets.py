@@ -185,13 +185,13 @@ def test_masked_pe_and_full_slots_fall_back(warm):
     assert [r.get("reason") for r in fallbacks_since_fault(warm.state())] == ["pe_masked", "pe_masked"]
     warm.buttons["mask"].click()
     warm.buttons["fill"].click()
-    assert warm.state()["apf"]["outstanding"] == 64
+    assert warm.state()["apf"]["held"] == 64
     warm.page_input.value = "6"
     warm.buttons["evict"].click()
     warm.buttons["fault"].click()
     assert [r.get("reason") for r in fallbacks_since_fault(warm.state())] == ["queue_full", "queue_full"]
     warm.buttons["release"].click()
-    assert warm.state()["apf"]["outstanding"] == 0
+    assert warm.state()["apf"]["held"] == 0
     warm.page_input.value = "7"
     warm.buttons["evict"].click()
     warm.buttons["fault"].click()

@@ -15,10 +15,11 @@ page, change the swap latency, APF off, mask the PE, fill the APF queue) goes th
 same action list, so it is replayed too.
 
 The explorer reads the machine only through apflab's public surface (``Machine``, the
-trace, ``sdei.snapshot()``, ``apf.snapshot()``, ``stage2`` queries); it never touches
-unicorn.  Three injections set plain host-service state that has no method of its own:
-``sdei.pe.masked`` (what SDEI_PE_MASK sets), the swap store's ``latency_ns``/``jitter``,
-and placeholder entries in ``apf.work`` (see ``fill_slots``).
+trace, ``sdei.snapshot()``, ``apf.snapshot()``, ``stage2`` queries) and injects only through
+the owning services' methods (``stage2.evict``, the swap store's ``set_read_latency``,
+``apf.set_allowed``, ``sdei.set_pe_masked``, ``apf.fill_queue``/``release_queue``,
+``apf.wake_all``); it never touches unicorn. Its guest is built by ``apflab.scenarios.build``,
+so what a student steps through is exactly what the "memtouch" scenario measures.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from typing import Callable
 import ipywidgets as W
 
 from .. import guest
-from ..apf import ASYNC_PF_PER_VCPU, Work, WorkState
+from ..apf import ASYNC_PF_PER_VCPU
 from ..backing import make_store
 from ..errors import ApflabError, InvariantError, ParameterError
 from ..host import RunStop
 from ..machine import Machine
+from ..scenarios import Setup, build
 from ..stage2 import PageState
 from ..trace import Record
 
@@ -48,9 +50,6 @@ KIND_COLORS = {"stage2_fault": "#C0392B", "stall": "#C0392B", "apf_fallback": "#
                "apf_not_present": "#2F8F2A", "apf_page_ready": "#2F8F2A", "apf_page_in_done": "#2F8F2A",
                "apf_ack": "#2F8F2A", "sdei_dispatch": "#8E44AD", "sdei_complete": "#8E44AD",
                "irq": "#1F618D", "stop": "#000000"}
-# Placeholder tokens for "fill the APF slots": low 12 bits 0xF00 are no vCPU's id, so they
-# can never equal a real token ((id << 12) | vcpu_id, vcpu_id 0 here).
-FILLER_LOW = 0xF00
 LOG_LINES = 15
 
 DEFAULTS = {
@@ -62,84 +61,45 @@ DEFAULTS = {
     "tick_ns": guest.DEFAULT_TICK_NS,
     "calc_thread": True,     # a compute task beside memtouch
     "apf": True,             # the host offers APF
+    "delivery": "sdei",      # how "page not present" reaches the guest (sdei, irq, abort, halt)
     "ram_mib": 16,
 }
 
 
-@dataclass
-class GuestSetup:
-    """A machine ready to run, and what the explorer needs to show it."""
-    machine: Machine
-    symbols: dict = field(default_factory=dict)
-    buffer: range | None = None          # addresses (one per page) for the page map
-    params: dict = field(default_factory=dict)
+GuestSetup = Setup      # the explorer's guest is a scenario Setup (kept under its old name)
 
 
-def build_guest(seed: int = 0, **params) -> GuestSetup:
-    """The mini-kernel with a memtouch task (+ a compute task) under a memory limit.
+def build_guest(seed: int = 0, **params) -> Setup:
+    """The "memtouch" scenario's machine (memtouch + a compute task, buffer in swap, under the
+    host memory limit), built by ``apflab.scenarios.build`` and not yet run.
 
-    Set up as ``apflab.scenarios`` sets up "memtouch": the buffer holds round-0 values and
-    is pushed to swap before the first instruction, the kernel is pinned, and the host
-    memory limit leaves ``limit_pages`` frames for the buffer.
+    Keys of ``DEFAULTS``; ``apf`` and ``delivery`` choose the design ("sync" is ``apf=False``).
     """
     unknown = sorted(set(params) - set(DEFAULTS))
     if unknown:
         raise ParameterError(f"unknown parameter {unknown[0]!r}; known: {', '.join(DEFAULTS)}")
     p = {**DEFAULTS, **params}
-    if p["store"] not in ("ssd", "hdd"):
-        raise ParameterError(f"store={p['store']!r}: must be 'ssd' or 'hdd'")
-    tasks = [guest.memtouch(p["npages"], p["rounds"], tag=1, first_round=1)]
-    if p["calc_thread"]:
-        tasks.append(guest.compute(measured=False))
-    store = make_store(p["store"], **({} if p["latency_ns"] is None else {"latency_ns": p["latency_ns"]}))
-    m = Machine(seed=seed, ram_size=p["ram_mib"] << 20, store=store)
-    syms = m.load_asm(guest.build_source(tasks, tick_ns=p["tick_ns"], apf_enable=True,
-                                         ram_size=p["ram_mib"] << 20))
-    guest.pin_kernel(m, syms)
-    guest.attach(m, syms)
-    m.apf.allowed = bool(p["apf"])
-    buf = guest.task_buffers(tasks)[0]
-    for i, addr in enumerate(buf):
-        m.write_u64(addr, guest.memtouch_value(1, 0, i))
-    for addr in buf:
-        if m.page_state(addr) == PageState.RESIDENT:
-            m.evict(addr)
-    m.stage2.limit_pages = len(guest.kernel_pages(syms)) + p["limit_pages"]
-    return GuestSetup(m, syms, buf, p)
+    apf, delivery = bool(p.pop("apf")), p.pop("delivery")
+    return build("memtouch", apf=apf, delivery=delivery, seed=seed, **p)
 
 
 # ---------------------------------------------------------------------- host-side injections
-# Plain host-service state with no method of its own (see the module docstring).
+# Thin front-end helpers: each is one call to the owning service's method.
 
 def set_pe_masked(m: Machine, masked: bool) -> None:
     """What SDEI_PE_MASK / PE_UNMASK do to the PE, done from the host side."""
-    m.sdei.pe.masked = bool(masked)
+    m.sdei.set_pe_masked(masked)
 
 
 def fill_apf_slots(m: Machine) -> int:
-    """Occupy every free APF work slot with a placeholder that never completes.
-
-    The next fault that needs I/O then falls back with reason "queue_full" (KVM's
-    ASYNC_PF_PER_VCPU cap).  Returns how many placeholders were added.
-    """
-    apf = m.apf
-    added = 0
-    k = 0
-    while len(apf.work) < ASYNC_PF_PER_VCPU:
-        token = (k << 12) | FILLER_LOW
-        k += 1
-        if token not in apf.work:
-            apf.work[token] = Work(token, -1, m.now_ns, m.now_ns, WorkState.NOT_PRESENT_SENT)
-            added += 1
-    return added
+    """Hold every slot of the APF queue until ``release_apf_slots``: the next faults that need
+    I/O fall back with "queue_full" (KVM's ASYNC_PF_PER_VCPU cap). Returns the slots held."""
+    return m.apf.fill_queue()
 
 
 def release_apf_slots(m: Machine) -> int:
-    """Remove the placeholders ``fill_apf_slots`` added; returns how many."""
-    fillers = [t for t, w in m.apf.work.items() if w.gpn == -1 and t & 0xFFF == FILLER_LOW]
-    for t in fillers:
-        del m.apf.work[t]
-    return len(fillers)
+    """Give back the slots ``fill_apf_slots`` held; returns how many."""
+    return m.apf.release_queue()
 
 
 def set_swap_latency(m: Machine, kind: str, latency_ns: int | None) -> dict:
@@ -152,9 +112,14 @@ def set_swap_latency(m: Machine, kind: str, latency_ns: int | None) -> dict:
     swap = m.stage2.swap
     if swap is None:
         raise ParameterError("this machine has no swap store")
-    swap.latency_ns = ref.latency_ns
-    swap.jitter = ref.jitter
+    swap.set_read_latency(ref.latency_ns, ref.jitter)
     return swap.describe()
+
+
+def _bare_setup(m: Machine, seed: int) -> Setup:
+    """A factory's plain Machine, seen as a Setup with no scenario parameters."""
+    return Setup("custom", m, dict(m.symbols), {}, m.apf is not None and m.apf.allowed,
+                 m.delivery, seed, [], [], [])
 
 
 # ---------------------------------------------------------------------- the explorer
@@ -190,7 +155,7 @@ class Explorer:
     # ------------------------------------------------------------------ building and replay
     def _fresh(self) -> None:
         made = (self._factory or (lambda s: build_guest(s, **self.params)))(self.seed)
-        setup = made if isinstance(made, GuestSetup) else GuestSetup(made, dict(made.symbols))
+        setup = made if isinstance(made, Setup) else _bare_setup(made, self.seed)
         self.setup = setup
         self.machine = setup.machine
         self.stopped_at = None
@@ -228,10 +193,10 @@ class Explorer:
             return (f"swap reads from now on: median {desc['latency_ns']:,} ns, jitter "
                     f"{desc['jitter']} ({desc['channels']} channel(s), as built)")
         if kind == "apf":
-            m.apf.allowed = action[1]
+            m.apf.set_allowed(action[1])
             line = f"APF {'allowed' if action[1] else 'not allowed'}: future faults " + \
                 ("may be asynchronous" if action[1] else "stall (reason apf_disabled)")
-            real = [w for w in m.apf.work.values() if w.gpn >= 0]
+            real = list(m.apf.work.values())
             if real and not action[1]:
                 line += (f"; {len(real)} async page-in(s) still outstanding: watch how their "
                          "page-ready notices and the guest's IRQ_ACK fare")
@@ -240,9 +205,10 @@ class Explorer:
             set_pe_masked(m, action[1])
             return "PE masked: SDEI events wait, faults stall (pe_masked)" if action[1] else "PE unmasked"
         if kind == "fill_slots":
-            return f"filled {fill_apf_slots(m)} APF slot(s): next faults fall back (queue_full)"
+            return (f"holding all {fill_apf_slots(m)} APF slots until released: the next faults "
+                    "that need I/O fall back (queue_full)")
         if kind == "release_slots":
-            return f"released {release_apf_slots(m)} placeholder slot(s)"
+            return f"released {release_apf_slots(m)} held slot(s)"
         if kind == "wake_all":
             m.apf.wake_all()
             return "queued a wake-all (token 0xffffffff)"
@@ -398,7 +364,8 @@ class Explorer:
             "pages": summary, "page_states": [s.name.lower() for s in states],
             "recent": [r.as_dict() for r in tr.records[-LOG_LINES:]],
             "apf": {"allowed": apf.get("allowed"), "enabled": apf.get("enabled"),
-                    "outstanding": len(apf.get("outstanding", ())), "fallbacks": apf.get("fallbacks", {})},
+                    "outstanding": len(apf.get("outstanding", ())), "held": apf.get("reserved", 0),
+                    "fallbacks": apf.get("fallbacks", {})},
             "sdei": {"masked": sdei.get("masked"), "running": sdei.get("running", [])},
             "actions": list(self.actions), "status": self.status,
         }
