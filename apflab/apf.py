@@ -113,6 +113,7 @@ class ApfService:
         self.vcpu_id = vcpu_id
         self.delivery = delivery
         self.control = 0
+        self._block_gpa = 0
         self._allowed = True         # the host may switch APF off (labs: "APF off")
         self.next_id = 0
         self.work: dict[int, Work] = {}          # token -> outstanding item
@@ -149,7 +150,9 @@ class ApfService:
 
     @property
     def block_gpa(self) -> int:
-        return self.control & ~(APF_BLOCK_SIZE - 1) & 0xFFFFFFFFFFFFFFFF
+        """The shared block the guest gave on its last ENABLE (kept after a disable, so the
+        wake-all sent then can still be written there)."""
+        return self._block_gpa
 
     @property
     def fallbacks(self) -> dict[str, int]:
@@ -369,6 +372,7 @@ class ApfService:
                 return SMCCC_INVALID_PARAMETER     # e.g. the SDEI event is not registered
             was = self.enabled
             self.control = control
+            self._block_gpa = gpa & 0xFFFFFFFFFFFFFFFF
             self.write_block(OFF_REASON, 0)
             self.write_block(OFF_TOKEN, 0)
             self.write_block(OFF_ENABLED, 1)
