@@ -74,3 +74,27 @@ def test_sweep_on_a_dask_cluster_gives_the_same_rows():
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         remote = sweep("memtouch", grid, client=client, progress=False, npages=16, limit_pages=8)
     assert remote == local
+
+
+def test_designs_prints_the_five_designs_side_by_side(capsys):
+    assert cli.main(["designs", "syscall_read", *SMALL]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[2].split()
+    assert header == ["sync", "sdei", "irq", "abort", "halt"]
+    assert "kernel_mode=16" in out and "irq_masked=16" in out and "guest lines needed" in out
+
+
+def test_designs_json_and_csv(capsys):
+    assert cli.main(["designs", "memtouch", "--json", *SMALL]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["design"] for r in rows] == ["sync", "sdei", "irq", "abort", "halt"]
+    assert rows[1]["async_fraction"] == 1.0 and rows[0]["fallbacks"] == {"apf_disabled": 64}          # 32 pages, 2 rounds
+    assert cli.main(["designs", "memtouch", "--csv", *SMALL]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0]["fallbacks"] == "apf_disabled=64" and rows[4]["guest_lines"] == "0"
+
+
+def test_run_with_a_delivery_design(capsys):
+    assert cli.main(["run", "memtouch", "--apf", "on", "--delivery", "abort", "--json", *SMALL]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["delivery"] == "abort" and row["apf_not_present"] == row["faults"]

@@ -1,5 +1,6 @@
 """apflab.widgets, driven the way a student drives them: click buttons, read ``state()``."""
 
+import apflab
 import pytest
 
 from apflab import Machine, scenarios
@@ -265,3 +266,28 @@ def test_dashboard_controls_follow_the_scenario_and_report_errors(monkeypatch):
     d.run_button.click()
     assert d.last is None and d.status == "error: gleb2010: refused for the test"
     assert "refused" in d.status_view.value and not d.run_button.disabled
+
+
+def test_dashboard_runs_the_chosen_design_on_every_scenario_it_lists():
+    d = StallDashboard()
+    assert set(d.scenario.options) == set(apflab.SCENARIOS)
+    d.scenario.value = "syscall_read"
+    d.npages.value = 32
+    d.limit.value = 16
+    d.design.value = "irq"
+    d.mix.value = "reader + compute, SEND_ALWAYS"
+    d.run_button.click()
+    off, on = d.last
+    assert on.delivery == "irq" and off.delivery == "sync"
+    assert on.fallbacks == {"irq_masked": 16}          # the kernel's reads, IRQs masked
+    assert "design irq" in d.status
+
+
+@pytest.mark.parametrize("delivery", ["irq", "abort", "halt"])
+def test_explorer_steps_through_any_design(delivery):
+    ex = Explorer(npages=8, limit_pages=8, delivery=delivery)
+    ex.buttons["fault"].click()
+    ex.buttons["step1"].click()
+    kinds = [r["kind"] for r in ex.state()["recent"]]
+    assert "stage2_fault" in kinds and "apf_not_present" in kinds
+    assert ex.machine.apf.snapshot()["delivery"] == delivery

@@ -4,8 +4,9 @@
     d = StallDashboard()        # in a notebook: controls, a run button, headline numbers, a chart
     d.run(); off, on = d.last
 
-Every run goes through ``apflab.scenarios.compare`` with the parameters shown (``params()``),
-so a number on the dashboard can be reproduced from a cell with the same call.
+Every run goes through ``apflab.scenarios.compare`` with the parameters shown (``params()``)
+and the chosen delivery design, so a number on the dashboard can be reproduced from a cell
+with the same call.
 """
 
 from __future__ import annotations
@@ -31,13 +32,19 @@ MIXES = {
                  "1 faulting + 1 compute": {"fault_tasks": 1, "compute_tasks": 1},
                  "4 faulting, no compute": {"fault_tasks": 4, "compute_tasks": 0}},
     "postcopy": {"memtouch + compute": {"calc_thread": True}, "memtouch only": {"calc_thread": False}},
+    "syscall_read": {"reader + compute": {"calc_thread": True},
+                     "reader + compute, SEND_ALWAYS": {"calc_thread": True, "send_always": True},
+                     "reader only": {"calc_thread": False}},
 }
 # Dashboard defaults, smaller than the scenarios' own so a run takes about a second.
 QUICK = {"memtouch": {"npages": 128, "limit_pages": 64},
          "gleb2010": {"npages": 48, "limit_pages": 96, "duration_ns": 20_000_000},
-         "postcopy": {"npages": 128}}
-# What each scenario measures (PROTOCOLS.md 5): time to finish, or work in a fixed time.
-MEASURE = {"memtouch": "time", "gleb2010": "work", "postcopy": "work"}
+         "postcopy": {"npages": 128},
+         "syscall_read": {"npages": 128, "limit_pages": 64}}
+# What each scenario measures (docs/REFERENCES.md, "Published figures"): time to finish, or
+# work in a fixed time.
+MEASURE = {"memtouch": "time", "gleb2010": "work", "postcopy": "work", "syscall_read": "time"}
+DESIGNS = ("sdei", "irq", "abort", "halt")
 
 
 class StallDashboard:
@@ -65,6 +72,9 @@ class StallDashboard:
                                   style=style, layout=wide)
         self.mix = W.Dropdown(description="task mix", style=style, layout=wide)
         self.seed = W.IntText(value=seed, description="seed", style=style, layout=W.Layout(width="220px"))
+        self.design = W.Dropdown(options=list(DESIGNS), value="sdei", description="APF design",
+                                 style=style, layout=wide,
+                                 tooltip="how 'page not present' reaches the guest in the APF-on run")
         self.run_button = W.Button(description="run APF off and on", button_style="primary",
                                    layout=W.Layout(width="auto"))
         self.headline = W.HTML()
@@ -74,7 +84,7 @@ class StallDashboard:
         self.scenario.observe(lambda _: self._scenario_changed(), names="value")
         self._scenario_changed()
         self.widget = W.VBox([
-            W.HBox([W.VBox([self.scenario, self.mix, self.seed]),
+            W.HBox([W.VBox([self.scenario, self.mix, self.design, self.seed]),
                     W.VBox([self.store, self.latency, self.limit, self.npages])]),
             W.HBox([self.run_button, self.status_view]), self.headline, self.chart])
         if run:
@@ -115,10 +125,11 @@ class StallDashboard:
     def run(self):
         """Run the scenario with APF off and on; update the chart and headline; return (off, on)."""
         name, seed, p = self.scenario.value, self.seed.value, self.params()
+        design = self.design.value
         self.run_button.disabled = True
         self.status_view.value = "<i>running…</i>"
         try:
-            off, on = scenarios.compare(name, seed=seed, **p)
+            off, on = scenarios.compare(name, seed=seed, delivery=design, **p)
         except ApflabError as e:
             self.status = f"error: {e}"
             self.status_view.value = f"<span style='color:#C0392B'>{html.escape(self.status)}</span>"
@@ -126,10 +137,11 @@ class StallDashboard:
         finally:
             self.run_button.disabled = False
         self.last = (off, on)
-        self.status = f"{name}, seed {seed}: " + ", ".join(f"{k}={v}" for k, v in p.items())
+        self.status = (f"{name}, seed {seed}, design {design}: "
+                       + ", ".join(f"{k}={v}" for k, v in p.items()))
         self.status_view.value = f"<small>{html.escape(self.status)}</small>"
         self.headline.value = _headline(name, off, on)
-        self.figure = plots.breakdown_bar({"APF off": off, "APF on": on},
+        self.figure = plots.breakdown_bar({"APF off": off, f"APF on ({design})": on},
                                           title=f"{name}: where the vCPU's time went")
         self.chart.outputs = (figure_output(self.figure),)
         return self.last
