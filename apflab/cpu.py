@@ -5,7 +5,7 @@ This is the only module that imports unicorn. Everything above it sees a
 The vCPU knows nothing of SDEI or APF: it reports why it stopped and lets the
 host decide.
 
-Unicorn quirks handled here, once (PROTOCOLS.md section 6):
+Unicorn quirks handled here, once (docs/DESIGN.md ("Unicorn quirks")):
 - HVC is undefined unless SCR_EL3.HCE is set.
 - There is no exception vectoring: SVC/HVC/BRK/undefined reach ``UC_HOOK_INTR``
   and the host builds ESR/ELR/SPSR/FAR and enters VBAR_EL1 + offset itself.

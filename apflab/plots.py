@@ -46,7 +46,7 @@ IDLE_ROW = "idle/kernel"
 MAX_BARS = 5_000
 MAX_MARKERS = 2_000          # per kind; beyond that every k-th is drawn (counts stay exact)
 
-# PROTOCOLS.md section 5: the published measurements the lab calibrates against.
+# docs/REFERENCES.md ("Published figures"): the published measurements the lab calibrates against.
 # ratio = after / before (APF on / APF off) of the metric named.
 PUBLISHED = {
     "arm64_v3_compute": {
@@ -482,7 +482,7 @@ def _metric(result, metric: str) -> float:
 
 
 def published_data(rows) -> list[dict]:
-    """Our APF-on/APF-off ratios next to PROTOCOLS.md section 5.
+    """Our APF-on/APF-off ratios next to docs/REFERENCES.md ("Published figures").
 
     ``rows``: a list of dicts, each {"key": one of PUBLISHED, and either "ours": ratio or
     "off"/"on": two ScenarioResults (or two numbers)}; or a dict key -> (off, on).  The

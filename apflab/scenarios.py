@@ -5,7 +5,7 @@
 
 Each scenario echoes every parameter it used (OSTEP style), so a result can
 be reproduced from its own record. The three shapes come from the published
-measurements in PROTOCOLS.md section 5:
+measurements in docs/REFERENCES.md ("Published figures"):
 
 - ``memtouch``: one task walks a buffer larger than the host memory limit
   (the arm64 APF v2/v3 test), optionally with a compute task beside it;

@@ -3,7 +3,7 @@
 A host service reached by ``hvc #0`` (function IDs 0xC4000020-0xC4000032),
 modelled on what Trusted Firmware-A's dispatcher and KVM's "SDEI
 virtualization" v7 series do. Every rule cites DEN0054C; where sources
-disagree the lab default of PROTOCOLS.md section 2 applies, and
+disagree the lab default of docs/REFERENCES.md ("SDEI") applies, and
 ``profile="kvm-v7"`` reproduces KVM's choices for comparison.
 
 The per-event lifecycle is one table, ``TRANSITIONS``, indexed by (state,

@@ -1,10 +1,10 @@
-"""A second, minimal SDEI model, written from /work/shared/PROTOCOLS.md section 2 only.
+"""A second, minimal SDEI model, written from docs/REFERENCES.md ("SDEI") only.
 
 The guest-level tests (``test_sdei_guest.py``) compute what the guest should
 observe with this model instead of trusting apflab's own ``sdei.py``. It has
 three parts:
 
-- ``TABLE``/``step``: the per-event state table, row for row as PROTOCOLS.md
+- ``TABLE``/``step``: the per-event state table, row for row as docs/REFERENCES.md
   prints it (TF-A's ``sdei_state.c`` layout: X = DENIED, NOP = allowed, no change).
 - ``RefSdei``: one PE's SDEI dispatcher (calls, masking, pending triggers,
   priorities, the saved context), lab defaults or ``profile="kvm-v7"``.
@@ -13,7 +13,7 @@ three parts:
   values the guest's result log should hold. The tests turn the same script
   into AArch64 assembly, so script and expectation cannot drift apart.
 
-Whatever PROTOCOLS.md leaves open raises ``Unspecified``: a test that strays
+Whatever docs/REFERENCES.md leaves open raises ``Unspecified``: a test that strays
 there fails loudly instead of pinning down an accident of the product.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-# -- SMCCC / SDEI numbers (PROTOCOLS.md 1 and 2) -------------------------------------------------
+# -- SMCCC / SDEI numbers (docs/REFERENCES.md ("SMCCC")) -------------------------------------------------
 
 SUCCESS = 0
 NOT_SUPPORTED = -1
@@ -75,7 +75,7 @@ X = "X"          # DENIED, state kept
 NOP = "NOP"      # allowed, state kept
 NEVER = "-"      # the dispatcher never does this
 
-# state -> action -> X | NOP | new state | (code, new state or NOP). PROTOCOLS.md 2, "Per-event state".
+# state -> action -> X | NOP | new state | (code, new state or NOP). docs/REFERENCES.md ("SDEI"), "Per-event state".
 TABLE = {
     0: {REGISTER: 1, ENABLE: X, DISABLE: X, UNREGISTER: X, CONTEXT: X, COMPLETE: X, DISPATCH: NEVER},
     1: {REGISTER: X, ENABLE: 3, DISABLE: NOP, UNREGISTER: 0, CONTEXT: X, COMPLETE: X, DISPATCH: NEVER},
@@ -90,7 +90,7 @@ TABLE = {
 
 
 class Unspecified(Exception):
-    """PROTOCOLS.md does not say what happens here: a test must not depend on it."""
+    """docs/REFERENCES.md does not say what happens here: a test must not depend on it."""
 
 
 class ModelError(Exception):
@@ -329,7 +329,7 @@ class RefSdei:
         self.triggered[ev] = True
 
     def deliverable(self):
-        """PROTOCOLS.md "Dispatch": triggered, enabled, PE unmasked, no same-or-higher handler running."""
+        """docs/REFERENCES.md "Dispatch": triggered, enabled, PE unmasked, no same-or-higher handler running."""
         if self.masked:
             return None
         top = self._prio(self.running[-1].event) if self.running else -1

@@ -1,6 +1,6 @@
-"""The async-page-fault protocol from the guest's side (PROTOCOLS.md section 3).
+"""The async-page-fault protocol from the guest's side (docs/REFERENCES.md ("APF protocol")).
 
-Every expectation comes from /work/shared/PROTOCOLS.md section 3, not from apflab's own
+Every expectation comes from docs/REFERENCES.md ("APF protocol"), not from apflab's own
 tables: tokens ``(id++ << 12) | vcpu_id``, the shared block
 ``{u32 reason; u32 token; u8 pad[56]; u32 enabled}``, "page ready" only once the slot is
 free and the previous one was acknowledged with IRQ_ACK, token ~0 = wake all, and the
@@ -37,7 +37,7 @@ WAKE_ALL = 0xFFFF_FFFF
 PAGE_NOT_PRESENT, PAGE_READY = 1, 2
 OFF_REASON, OFF_TOKEN, OFF_ENABLED = 0, 4, 60
 
-# Function IDs (PROTOCOLS.md 2 and 3)
+# Function IDs (docs/REFERENCES.md ("SDEI"))
 SDEI_EVENT_REGISTER = 0xC400_0021
 SDEI_EVENT_ENABLE = 0xC400_0022
 SDEI_EVENT_DISABLE = 0xC400_0023
@@ -422,7 +422,7 @@ def test_wake_all_token_wakes_every_waiting_task():
 
 
 def test_wake_all_after_the_host_turns_apf_off_releases_the_waiters():
-    """PROTOCOLS.md 3: IRQ_ACK lowers the PPI; token ~0 wakes every waiting task. Switching
+    """docs/REFERENCES.md ("APF protocol"): IRQ_ACK lowers the PPI; token ~0 wakes every waiting task. Switching
     APF off at the host with a task parked, then sending wake-all, must let the task run
     on (its later faults synchronous) and finish."""
     tasks = [guest.memtouch(8, rounds=1, first_round=1), guest.compute(iters=40, report=8, measured=False)]

@@ -11,8 +11,8 @@ in docs/ROBUSTNESS.md):
    VERSION, the resets, unknown IDs, bad event numbers), host-raised events,
    and handlers that run random sub-sequences of their own, becomes AArch64
    code run on the machine. Every value the guest logs must equal what the
-   independent reference model ``sdei_ref.py`` (written from PROTOCOLS.md,
-   not from ``apflab/sdei.py``) predicts. Whatever PROTOCOLS.md leaves open
+   independent reference model ``sdei_ref.py`` (written from docs/REFERENCES.md,
+   not from ``apflab/sdei.py``) predicts. Whatever docs/REFERENCES.md leaves open
    (``sdei_ref.Unspecified``) is dropped while the script is drawn. A second
    test proves the generator reaches every reachable (state, action) pair.
 
@@ -230,7 +230,7 @@ def _remove(bodies, op) -> bool:
 
 @st.composite
 def sdei_scripts(draw):
-    """(profile, script) where every step has a documented answer in PROTOCOLS.md.
+    """(profile, script) where every step has a documented answer in docs/REFERENCES.md.
 
     Handlers and the COMPLETE_AND_RESUME target get random bodies; the main calls are
     added one at a time and checked against the model: a call that leads somewhere the
@@ -381,7 +381,7 @@ REACHABLE = ([(state, action) for state in R.STATES
 
 def test_random_sdei_scripts_reach_every_reachable_table_entry(monkeypatch):
     """The generator is worth its examples: over SDEI_EXAMPLES scripts the model passes through
-    every (state, action) pair of the PROTOCOLS.md table that a guest can reach (CONTEXT and
+    every (state, action) pair of the docs/REFERENCES.md table that a guest can reach (CONTEXT and
     COMPLETE act on the running event, so states 0, 1 and 3 meet them only as DENIED)."""
     seen: dict = {}
     step = R.step

@@ -2,7 +2,7 @@
 
 Each scenario runs once per APF setting (module fixture); the tests check the
 relations that must hold between what the run measured and what the protocol
-(PROTOCOLS.md 3) says: without APF every fault that needs I/O stalls the vCPU
+(docs/REFERENCES.md ("APF protocol")) says: without APF every fault that needs I/O stalls the vCPU
 (fallback ``apf_disabled``); with APF the vCPU does not stall unless a fallback
 forced it, every "page not present" is answered by a "page ready", and the time
 saved goes to the compute tasks.

@@ -1,6 +1,6 @@
 """SDEI conformance from the guest's side: AArch64 code calls the host through ``hvc #0``.
 
-Every expectation comes from /work/shared/PROTOCOLS.md section 2 (lab defaults,
+Every expectation comes from docs/REFERENCES.md ("SDEI") (lab defaults,
 or KVM v7's choices with ``profile="kvm-v7"``), through the independent model in
 ``sdei_ref.py``; none is read back from apflab's own SDEI tables. Most tests
 are *scripts*: one list of operations that becomes both the guest program (here)
@@ -147,7 +147,7 @@ def run_script(script: Script, profile: str = "lab") -> tuple[list, list, dict]:
     run_guest(m, syms, {syms[op.label] - 4: op.event for op in host_raises(ops)})
     got = read_log(m, syms)
     expected = [resolve(e, syms) for e in expected]
-    # UNKNOWN (a value PROTOCOLS.md does not fix) matches whatever the guest saw.
+    # UNKNOWN (a value docs/REFERENCES.md does not fix) matches whatever the guest saw.
     expected = [g if e is UNKNOWN else e for g, e in zip(got, expected)] + expected[len(got):]
     return got, expected, syms
 
@@ -255,7 +255,7 @@ CTX9 = 0x5EED_0000_0000_0009
 @pytest.mark.parametrize("action", list(ACTION_CALLS))
 @pytest.mark.parametrize("state", R.STATES)
 def test_state_table(state, action):
-    """PROTOCOLS.md 2 "Per-event state": each call in each state (event 0), result and new STATUS."""
+    """docs/REFERENCES.md ("SDEI") "Per-event state": each call in each state (event 0), result and new STATUS."""
     call = ACTION_CALLS[action]()
     targets = {T0: [status(0), Eret()]}
     if state in IDLE_SETUP:
