@@ -240,9 +240,10 @@ MEMTOUCH = {
 }
 
 
-def _build_memtouch(p: dict, seed: int, apf: bool, delivery: str) -> Setup:
-    tasks = [guest.memtouch(p["npages"], p["rounds"], tag=1, first_round=1)]
-    names = ["memtouch"]
+def _walker_setup(name: str, walker, p: dict, seed: int, apf: bool, delivery: str) -> Setup:
+    """One task walking a swapped buffer (``walker``), optionally a compute task beside it,
+    under the host memory limit: memtouch and syscall_read."""
+    tasks, names = [walker], [walker.entry]
     if p["calc_thread"]:
         tasks.append(guest.compute(measured=False))
         names.append("compute")
@@ -252,7 +253,12 @@ def _build_memtouch(p: dict, seed: int, apf: bool, delivery: str) -> Setup:
     bufs = guest.task_buffers(tasks)
     _prefill_and_swap(m, bufs[0], tag=1)
     _set_limit(m, syms, p["limit_pages"])
-    return Setup("memtouch", m, syms, p, apf, delivery, seed, tasks, names, bufs)
+    return Setup(name, m, syms, p, apf, delivery, seed, tasks, names, bufs)
+
+
+def _build_memtouch(p: dict, seed: int, apf: bool, delivery: str) -> Setup:
+    walker = guest.memtouch(p["npages"], p["rounds"], tag=1, first_round=1)
+    return _walker_setup("memtouch", walker, p, seed, apf, delivery)
 
 
 def _measure_memtouch(setup: Setup) -> ScenarioResult:
@@ -366,18 +372,8 @@ SYSCALL_READ = {
 
 
 def _build_syscall_read(p: dict, seed: int, apf: bool, delivery: str) -> Setup:
-    tasks = [guest.sysread(p["npages"], p["rounds"], kernel_every=p["kernel_every"], tag=1)]
-    names = ["sysread"]
-    if p["calc_thread"]:
-        tasks.append(guest.compute(measured=False))
-        names.append("compute")
-    _need_ram(p["npages"], p["ram_mib"])
-    m = _machine(p, seed, apf, delivery, p["ram_mib"])
-    syms = _boot(m, tasks, p, apf, delivery)
-    bufs = guest.task_buffers(tasks)
-    _prefill_and_swap(m, bufs[0], tag=1)
-    _set_limit(m, syms, p["limit_pages"])
-    return Setup("syscall_read", m, syms, p, apf, delivery, seed, tasks, names, bufs)
+    walker = guest.sysread(p["npages"], p["rounds"], kernel_every=p["kernel_every"], tag=1)
+    return _walker_setup("syscall_read", walker, p, seed, apf, delivery)
 
 
 def _need_ram(buffer_pages: int, ram_mib: int) -> None:
