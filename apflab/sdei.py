@@ -462,6 +462,10 @@ class SdeiService:
             if self.profile == "kvm-v7":
                 return vcpu.x(0)              # KVM v7 leaves x0 as it was
             return DENIED
+        if resume is not None and (resume % 4 or not self.host.stage2.in_ram(resume)):
+            # TF-A checks the resume address like a registration's entry point
+            # (plat_sdei_validate_entry_point) and refuses with DENIED: the handler goes on.
+            return DENIED
         self._transition(running, Action.COMPLETE)
         ctx = self.pe.running.pop()
         if resume is None:

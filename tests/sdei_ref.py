@@ -243,6 +243,12 @@ class RefSdei:
         return self._finish(None)
 
     def _complete_and_resume(self, addr, *a):
+        # TF-A validates the resume address as it does an entry point and refuses with
+        # DENIED (the handler goes on): here, an int address that is not in the guest's
+        # 16 MiB of RAM at 0x40000000 or not 4-aligned.
+        if self.running and isinstance(addr, int) and not (
+                0x4000_0000 <= addr < 0x4100_0000 and addr % 4 == 0):
+            return DENIED
         return self._finish(addr)
 
     def _status(self, ev, *a):

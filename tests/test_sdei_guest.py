@@ -411,6 +411,13 @@ def test_complete_and_resume_enters_target_like_an_exception():
     assert got[44:] == [MAIN_NZCV, INTERRUPTED_DAIF, 1 << 2, 1]
 
 
+def test_complete_and_resume_to_an_invalid_address_is_denied_and_the_handler_goes_on():
+    """TF-A validates the resume address like an entry point: DENIED, the event still running."""
+    check(Script(main=[register(0), enable(0), unmask(), signal(0), status(0)],
+                 handlers={H0: [complete_and_resume(0x10), status(0), complete_and_resume(0x4000_0002),
+                                complete()]}))
+
+
 # -- 5. pending until unmask / enable; PE_MASK -------------------------------------------------------
 
 def test_signal_while_masked_waits_for_unmask():
