@@ -30,7 +30,7 @@ LOG_MAX = 128
 
 
 def design_guest(delivery: str, *, npages: int, np_clear: bool = True, el0_irqs: bool = True,
-                 el1_touch: int | None = None) -> str:
+                 el1_touch: int | None = None, touch_twice: bool = False) -> str:
     vec = []
     for n in range(16):
         vec.append("    .balign 128")
@@ -49,7 +49,8 @@ def design_guest(delivery: str, *, npages: int, np_clear: bool = True, el0_irqs:
           "adr x0, el0_stack_top", "msr sp_el0, x0"]
     L += mov64("x20", BUF) + ["mov x21, #0", f"mov x22, #{npages}", "eret", "setup_failed:", "brk #0x51"]
     wait = ["cmp x23, x24", "b.lo el0_done"] if np_clear else []   # an unfreed slot: no page ready
-    L += ["el0_main:", "cmp x21, x22", "b.hs el0_done", "el0_touch:", "ldr x0, [x20]",
+    again = ["ldr x0, [x20]"] if touch_twice else []     # the same page again, still in flight
+    L += ["el0_main:", "cmp x21, x22", "b.hs el0_done", "el0_touch:", "ldr x0, [x20]", *again,
           "add x20, x20, #4096", "add x21, x21, #1", "b el0_main",
           # wait for the outstanding page-ready notices, then stop
           "el0_done:", "adr x23, ready_seen", "ldr x23, [x23]", "adr x24, np_seen", "ldr x24, [x24]",
@@ -137,6 +138,22 @@ def test_an_unfreed_slot_makes_the_next_fault_fall_back_slot_busy(delivery):
     assert [s.get("reason") for s in m.trace.select("stall")] == ["slot_busy"]
 
 
+@pytest.mark.parametrize("delivery", ["irq", "abort"])
+def test_touching_a_page_whose_page_in_runs_falls_back_repeated_fault(delivery):
+    m, syms = make(delivery, 2, {"touch_twice": True})
+    m.run(max_instructions=2_000_000)
+    assert m.apf.fallbacks == {"repeated_fault": 2}
+    assert m.apf.not_present_count == 2
+
+
+@pytest.mark.parametrize("delivery", ["sdei", "irq", "abort", "halt"])
+def test_apf_withdrawn_by_the_host_falls_back_apf_disabled_in_every_design(delivery):
+    s = apflab.build("memtouch", delivery=delivery, npages=8, limit_pages=8, rounds=1, calc_thread=False)
+    s.machine.apf.set_allowed(False)
+    r = s.run()
+    assert r.fallbacks == {"apf_disabled": 8} and r.apf_not_present == 0
+
+
 def test_irq_design_falls_back_when_irqs_are_masked_where_sdei_would_not():
     m, syms = make("irq", 2, {"el0_irqs": False})
     m.run(max_instructions=2_000_000)
@@ -205,6 +222,26 @@ def test_every_design_loses_no_wakeup_and_corrupts_no_page(delivery):
     else:
         assert r.apf_page_ready == 0 and ks["apf"]["enabled"] is False      # no guest support used
         assert r.trace.counts["apf_release"] == r.apf_not_present
+
+
+@pytest.mark.parametrize("delivery", ["sdei", "irq", "abort", "halt"])
+def test_property_no_design_loses_a_wakeup_or_corrupts_a_page(delivery):
+    """Random small configurations (seeded): every walker finishes with its pages intact, and
+    every task the guest parked was woken exactly once per park."""
+    import random
+    rng = random.Random(2026)
+    for _ in range(4):
+        kw = dict(npages=rng.choice([8, 24, 40]), limit_pages=rng.choice([8, 16]),
+                  rounds=rng.choice([1, 2]), tick_ns=rng.choice([20_000, 100_000, 1_000_000]),
+                  latency_ns=rng.choice([1_000, 20_000, 200_000]), calc_thread=rng.random() < 0.7,
+                  store=rng.choice(["ssd", "hdd"]))
+        seed = rng.randrange(1000)
+        r = apflab.run_scenario("memtouch", apf=True, delivery=delivery, seed=seed, **kw)
+        mt = r.kernel["tasks"][0]
+        assert mt["exited"] and mt["mismatches"] == 0, (seed, kw)
+        assert all(t["parked"] == t["wakeups"] for t in r.kernel["tasks"]), (seed, kw)
+        assert not r.kernel["apf"]["table"] or delivery == "halt" or \
+            all(e["kind"] != "waiter" for e in r.kernel["apf"]["table"]), (seed, kw)
 
 
 @pytest.mark.parametrize("delivery", ["sdei", "irq", "abort", "halt"])
