@@ -24,8 +24,6 @@ from .timer import TIMER_PPI, VirtualTimer
 from .trace import Trace
 
 MAX_SLICE = 200_000          # instructions per emu_start when nothing is due sooner
-IRQ_POLL_SLICE = 64          # while an IRQ is pending but masked: it is taken within this many
-                             # instructions of the guest unmasking it (the unmask is not trapped)
 
 
 @dataclass(frozen=True)
@@ -207,8 +205,9 @@ class Host:
                 nxt = until_ns if nxt is None else min(nxt, until_ns)
             if nxt is not None:
                 count = min(count, max(1, -(-(nxt - self.now) // self.ns_per_insn)))
-            if self.gic.signalling():   # pending but masked by PSTATE.I
-                count = min(count, IRQ_POLL_SLICE)
+            # Pending but masked by PSTATE.I: the run ends right after the instruction
+            # that unmasks it (eret, msr daifclr/daif), where the IRQ is then taken.
+            vcpu.irq_waiting = self.gic.signalling()
 
             el0 = vcpu.el
             self._slice_t0 = self.now

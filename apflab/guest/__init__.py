@@ -30,6 +30,7 @@ Symbols the host can read (all u64 unless noted; arrays have TASK_MAX = 8 entrie
 
     current_task        index of the running task, 0xffff_ffff_ffff_ffff (-1) while idle
     need_resched, rr_cursor, exited_mask, stop_reason (1 all exited, 2 stop_mask done)
+    wake_next           the task a "page ready" woke, which schedule picks first (-1: none)
     boot_ns, stop_ns    CNTVCT when scheduling began / at the final brk #0
     total_work, ticks, ctx_switches, idle_entries
     irq_entries, irq_spurious (IAR = 1023), irq_unknown, irq_stale_timer
@@ -78,6 +79,10 @@ Configuration (``build_source`` keywords, emitted as ``config_*`` quads)::
     buf_base      where workload buffers start
     wake_resched  1: a "page ready" wake-up asks for a reschedule (the woken task runs
                   at the next return to user space rather than at the next tick)
+    wake_preempt  1 (default, needs wake_resched): the woken task is the one that runs
+                  then, before the other runnable tasks, as with Linux's wake-up
+                  preemption; the task it preempted runs next after it. 0: the woken
+                  task waits for its round-robin turn
 """
 
 from __future__ import annotations
@@ -199,7 +204,7 @@ def workloads_source() -> str:
 
 def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_enable: bool = True,
                  sdei_enable: bool = True, stop_mask: int | None = None,
-                 buf_base: int = DEFAULT_BUF_BASE, wake_resched: bool = True,
+                 buf_base: int = DEFAULT_BUF_BASE, wake_resched: bool = True, wake_preempt: bool = True,
                  ram_size: int = DEFAULT_RAM_SIZE, extra_source: str = "") -> str:
     """One assembly source: kernel + workloads + ``extra_source`` + generated config and tasks.
 
@@ -232,7 +237,8 @@ def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_e
     config = [("config_nr_tasks", len(tasks)), ("config_tick_ns", tick_ns),
               ("config_apf_enable", int(bool(apf_enable))), ("config_sdei_enable", int(bool(sdei_enable))),
               ("config_stop_mask", stop_mask & _U64), ("config_buf_base", buf_base),
-              ("config_wake_resched", int(bool(wake_resched)))]
+              ("config_wake_resched", int(bool(wake_resched))),
+              ("config_wake_preempt", int(bool(wake_preempt)))]
     for name, value in config:
         lines.append(f"{name}:\t.quad\t{value:#x}")
     lines.append("task_table:")

@@ -262,6 +262,7 @@ _start:
 	mov	x0, #-1
 	str_l	x0, current_task, x1
 	str_l	x0, rr_cursor, x1
+	str_l	x0, wake_next, x1
 	str_l	x0, apf_sdei_event, x1
 	str_l	x0, apf_irq, x1
 	str_l	x0, sdei_event, x1
@@ -524,8 +525,31 @@ schedule:
 	str_l	xzr, need_resched, x0
 	ldr_l	x1, config_nr_tasks
 	cbz	x1, kernel_stop_all
-	ldr_l	x2, rr_cursor			// last task that ran (-1 at boot)
 	adr	x4, task_state
+	// Wake-up preemption (Linux: check_preempt_wakeup picks the task that
+	// slept over the one that kept the CPU): a task woken by "page ready"
+	// runs first, not after a round-robin turn of the others.
+	ldr_l	x2, wake_next
+	mov	x5, #-1
+	str_l	x5, wake_next, x6
+	tbnz	x2, #63, schedule_rr
+	ldr	x5, [x4, x2, lsl #3]
+	cmp	x5, #TS_RUNNABLE
+	b.ne	schedule_rr
+	// The round robin is not disturbed: a preempted task that can still run
+	// gets the CPU back next (rr_cursor = it - 1); otherwise it goes on as before.
+	ldr_l	x6, current_task
+	tbnz	x6, #63, schedule_switch
+	cmp	x6, x2
+	b.eq	schedule_switch
+	ldr	x5, [x4, x6, lsl #3]
+	cmp	x5, #TS_RUNNABLE
+	b.ne	schedule_switch
+	sub	x6, x6, #1
+	str_l	x6, rr_cursor, x7
+	b	schedule_switch
+schedule_rr:
+	ldr_l	x2, rr_cursor			// last task that ran (-1 at boot)
 	mov	x3, x1				// candidates left
 schedule_next:
 	add	x2, x2, #1
@@ -539,7 +563,9 @@ schedule_next:
 	b	idle
 
 schedule_found:
-	// x2 = next task
+	// x2 = next task in round-robin order
+	str_l	x2, rr_cursor, x7
+schedule_switch:
 	ldr_l	x6, current_task
 	cmp	x6, x2
 	b.eq	schedule_same
@@ -549,7 +575,6 @@ schedule_found:
 	bl	sched_log_add
 schedule_same:
 	str_l	x2, current_task, x7
-	str_l	x2, rr_cursor, x7
 	adr	x7, tasks
 	mov	x8, #T_SIZE
 	madd	x0, x2, x8, x7
@@ -1076,6 +1101,9 @@ apf_wake_task:
 	cbz	x3, apf_wake_task_out
 	mov	x3, #1
 	str_l	x3, need_resched, x1
+	ldr_l	x3, config_wake_preempt
+	cbz	x3, apf_wake_task_out
+	str_l	x0, wake_next, x1		// schedule picks it first
 apf_wake_task_out:
 	ret
 
@@ -1144,6 +1172,7 @@ apf_table:
 current_task:		.quad	-1	// running task index, -1 while idle
 need_resched:		.quad	0
 rr_cursor:		.quad	-1	// the task that ran last (round robin)
+wake_next:		.quad	-1	// woken by "page ready": runs next (wake-up preemption)
 exited_mask:		.quad	0	// bit i: task i exited
 stop_reason:		.quad	0	// 1 all tasks exited, 2 all of config_stop_mask
 boot_ns:		.quad	0	// CNTVCT when the scheduler first ran
