@@ -110,6 +110,10 @@ class Host:
         vcpu.is_mapped = stage2.is_mapped
         vcpu.clock_at_retired = self._clock_mid_slice
         stage2.on_unmap = vcpu.flush_tlb
+        if stage2.policy == "clock":
+            # The referenced bit: a TLB fill is the engine's only sign of an access (every
+            # eviction flushes the whole TLB, so a bit means "used since the last eviction").
+            vcpu.on_tlb_fill = lambda ipa: stage2.referenced(stage2.gpn_of(ipa))
         stage2.on_event = self._trace_event
 
     # ------------------------------------------------------------------ clock and events
