@@ -178,7 +178,7 @@ class ApfService:
         self.next_id = (self.next_id + 1) & 0xFFFF
         if token in self.work:
             raise InvariantError(f"APF token {token:#x} is already outstanding")
-        host.charge(host.costs.fault_ns)
+        host.charge(host.costs.fault_ns, what="stage2_fault")
         done = host.stage2.start_page_in(gpn, host.now, host.rng)
         w = Work(token, gpn, host.now, done, task=host.current_task())
         self.work[token] = w
@@ -194,6 +194,8 @@ class ApfService:
     def page_in_done(self, w: Work) -> None:
         """The I/O finished: prefault the page in and queue the page-ready notice."""
         host = self.host
+        if not (host.halted or host.stalling):
+            host.charge(host.costs.kick_ns, what="kick")    # kvm_vcpu_kick: make the running vCPU exit
         if host.stage2.state(w.gpn) == PageState.INFLIGHT:
             host.stage2.finish_page_in(w.gpn)
         self._transition(w, "page_in_done")

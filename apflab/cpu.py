@@ -142,6 +142,7 @@ class Exit:
     ipa: int | None = None         # stage-2 abort address
     access: str | None = None      # "read" / "write" / "fetch"
     segments: list[tuple[int, int]] = field(default_factory=list)  # (retired_at, new_el) EL changes inside the run
+    sysreg: tuple | None = None    # SYSREG: the (op0, op1, CRn, CRm, op2) emulated
 
 
 class _InsnCounter:
@@ -515,7 +516,7 @@ class Vcpu:
         else:
             self._wr(reg_id, self.sysreg_read[key]() & (1 << 64) - 1)
         self.pc = insn_pc + 4
-        return Exit(ExitKind.SYSREG, retired, self.pc)
+        return Exit(ExitKind.SYSREG, retired, self.pc, sysreg=key)
 
     # ------------------------------------------------------------------ hooks
     def _tlb_fill(self, uc, vaddr, access, entry, _ud):

@@ -333,7 +333,7 @@ class SdeiService:
             vcpu.set_x(i, 0)
         vcpu.pc = ev.entry
         self.host.halted = False
-        self.host.charge(self.host.costs.inject_ns, "host")
+        self.host.charge(self.host.costs.inject_ns, "host", what="sdei_inject")
         self.host.trace.emit(self.host.now, "sdei_dispatch", event=ev.defn.number, pc=ctx.pc,
                              pstate=ctx.pstate, entry=ev.entry)
         return ev.defn.number

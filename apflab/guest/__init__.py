@@ -34,6 +34,7 @@ Symbols the host can read (all u64 unless noted; arrays have TASK_MAX = 8 entrie
     boot_ns, stop_ns    CNTVCT when scheduling began / at the final brk #0
     total_work, ticks, ctx_switches, idle_entries
     irq_entries, irq_spurious (IAR = 1023), irq_unknown, irq_stale_timer
+    irq_resched         reschedule IPIs (SGI 0) the SDEI handler sent itself and took
     kernel_panic        0, or 1 unexpected exception, 2 bad EL0 sync, 3 image overlaps
                         the buffers, 4 IRQ at EL1 outside idle; then panic_vector,
                         panic_esr, panic_elr, panic_spsr, panic_far, panic_task
@@ -42,6 +43,7 @@ Symbols the host can read (all u64 unless noted; arrays have TASK_MAX = 8 entrie
     sdei_results        u64[8], raw result of each probe step
     sdei_event          the event registered (-1 if none)
     sdei_dispatches, sdei_bad
+    sdei_context        u64[4]: x0-x3 of the last interrupted context, read with EVENT_CONTEXT
     apf_features        VENDOR_HYP_KVM_FEATURES bitmap
     apf_version, apf_slots, apf_sdei_event, apf_irq, apf_enable_ret, apf_enabled
     apf_not_present, apf_page_ready_count, apf_wake_all, apf_dummies, apf_dummy_hits,
@@ -368,6 +370,7 @@ def read_kernel_state(machine, symbols: dict[str, int]) -> dict:
         "ticks": g("ticks"), "ctx_switches": g("ctx_switches"), "idle_entries": g("idle_entries"),
         "irq_entries": g("irq_entries"), "irq_spurious": g("irq_spurious"),
         "irq_unknown": g("irq_unknown"), "irq_stale_timer": g("irq_stale_timer"),
+        "irq_resched": g("irq_resched"),
         "exited_mask": g("exited_mask"), "panic": panic_info, "sdei": sdei, "apf": apf, "tasks": tasks,
         "sched_log": list(machine.read(symbols["sched_log"], log_len)),
     }

@@ -73,6 +73,7 @@
 	.equ	EC_SVC64, 0x15
 
 	// GICv3: INTIDs and the spurious ID
+	.equ	INTID_IPI_RESCHEDULE, 0	// SGI 0, as Linux numbers its IPIs (IPI_RESCHEDULE)
 	.equ	INTID_VTIMER, 27
 	.equ	INTID_SPURIOUS, 1023
 
@@ -80,6 +81,7 @@
 	.equ	SDEI_VERSION, 0x20
 	.equ	SDEI_EVENT_REGISTER, 0x21
 	.equ	SDEI_EVENT_ENABLE, 0x22
+	.equ	SDEI_EVENT_CONTEXT, 0x24
 	.equ	SDEI_EVENT_COMPLETE, 0x25
 	.equ	SDEI_EVENT_COMPLETE_AND_RESUME, 0x26
 	.equ	SDEI_EVENT_GET_INFO, 0x29
@@ -90,6 +92,7 @@
 	.equ	SDEI_INFO_PRIORITY, 2
 	.equ	SDEI_EV_HANDLED, 0
 	.equ	SDEI_EV_FAILED, 1
+	.equ	SDEI_CONTEXT_CALLS, 4	// x0-x3 read back on every handler entry (Linux, without KPTI)
 
 	// Bits of sdei_probe_done: one per step of the Linux probe order
 	.equ	SDEI_STEP_VERSION, 0
@@ -817,6 +820,13 @@ handle_irq:
 	bl	timer_tick
 	b	handle_irq_eoi
 handle_irq_not_timer:
+	cmp	x19, #INTID_IPI_RESCHEDULE
+	b.ne	handle_irq_not_ipi
+	inc_l	irq_resched, x0, x1		// the SDEI handler's reschedule IPI
+	mov	x0, #1
+	str_l	x0, need_resched, x1
+	b	handle_irq_eoi
+handle_irq_not_ipi:
 	ldr_l	x0, apf_irq
 	cmp	x19, x0
 	b.ne	handle_irq_unknown
@@ -927,6 +937,23 @@ apf_table_find_out:
 //      retries the faulting instruction when it runs again.
 sdei_apf_entry:
 	mov	x17, x30
+	// Linux's SDEI entry (do_sdei_event, arch/arm64/kernel/sdei.c) first reads
+	// back the interrupted x0-x3, which the dispatch clobbered, with one
+	// EVENT_CONTEXT hypercall each (one more, x4, under KPTI).
+	mov	x14, x0
+	mov	x15, x3
+	adr	x16, sdei_context
+	mov	x13, #0
+sdei_apf_context:
+	sdei_fid x0, SDEI_EVENT_CONTEXT
+	mov	x1, x13
+	hvc	#0
+	str	x0, [x16, x13, lsl #3]
+	add	x13, x13, #1
+	cmp	x13, #SDEI_CONTEXT_CALLS
+	b.lo	sdei_apf_context
+	mov	x0, x14
+	mov	x3, x15
 	inc_l	sdei_dispatches, x4, x5
 	ldr_l	x4, apf_sdei_event
 	cmp	x0, x4
@@ -964,6 +991,12 @@ sdei_apf_entry:
 	inc_task task_parked, x7, x9, x10
 	mov	x8, #1
 	str_l	x8, need_resched, x9
+	// The arm64 APF client (kvm_async_pf_sdei_handler, arch/arm64/kernel/kvm.c
+	// of the series) sends this CPU a reschedule IPI: an ICC_SGI1R_EL1 write
+	// (SGI 0, target list = CPU 0), which traps to the host.  The IRQ path
+	// behind COMPLETE_AND_RESUME then acknowledges it.
+	mov	x8, #1
+	msr	s3_0_c12_c11_5, x8		// ICC_SGI1R_EL1
 
 	str	wzr, [x4, #APF_TOKEN]
 	str	wzr, [x4, #APF_REASON]
@@ -1183,6 +1216,7 @@ ctx_switches:		.quad	0
 idle_entries:		.quad	0
 irq_entries:		.quad	0
 irq_spurious:		.quad	0	// IAR said 1023 (e.g. after the SDEI resume)
+irq_resched:		.quad	0	// reschedule IPIs (SGI 0) taken
 irq_unknown:		.quad	0
 irq_stale_timer:	.quad	0
 
@@ -1201,6 +1235,7 @@ sdei_results:		.space	8 * 8	// raw result of each step, by step number
 sdei_event:		.quad	-1	// the event we registered
 sdei_dispatches:	.quad	0	// handler entries
 sdei_bad:		.quad	0	// entries for another event / reason
+sdei_context:		.space	8 * SDEI_CONTEXT_CALLS	// x0-x3 of the last interrupted context
 
 // APF client
 apf_features:		.quad	0	// VENDOR_HYP_KVM_FEATURES bitmap
