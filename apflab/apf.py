@@ -236,7 +236,7 @@ class ApfService:
         if self._allowed and host.stage2.state(fault.gpn) == PageState.INFLIGHT:
             w = self.outstanding_for(fault.gpn)
             if w is not None and self.delivery.refault(vcpu, w, fault):
-                host.charge(host.costs.fault_ns)
+                host.charge(host.costs.fault_ns, what="stage2_fault")
                 host.trace.emit(host.now, "apf_refault", token=w.token, gpn=fault.gpn,
                                 design=self.delivery.name)
                 return None
@@ -249,7 +249,7 @@ class ApfService:
         self.next_id = (self.next_id + 1) & 0xFFFF
         if token in self.work:
             raise InvariantError(f"APF token {token:#x} is already outstanding")
-        host.charge(host.costs.fault_ns)
+        host.charge(host.costs.fault_ns, what="stage2_fault")
         done = host.stage2.start_page_in(fault.gpn, host.now, host.rng)
         w = Work(token, fault.gpn, host.now, done, task=host.current_task(), pc=fault.pc)
         self.work[token] = w
@@ -265,6 +265,9 @@ class ApfService:
     def page_in_done(self, w: Work) -> None:
         """The I/O finished: prefault the page in and queue the page-ready notice."""
         host = self.host
+        held = any(h(host.vcpu) for h in host._holders)
+        if not (host.halted or host.stalling or held):
+            host.charge(host.costs.kick_ns, what="kick")    # kvm_vcpu_kick: make the running vCPU exit
         if host.stage2.state(w.gpn) == PageState.INFLIGHT:
             host.stage2.finish_page_in(w.gpn)
         self._transition(w, "page_in_done")

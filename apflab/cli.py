@@ -67,10 +67,22 @@ def cmd_run(args) -> int:
     from .scenarios import run_scenario
     r = run_scenario(args.scenario, apf=args.apf == "on", seed=args.seed, delivery=args.delivery,
                      **_params(args.param))
+    costs = None
+    if args.breakdown:
+        from .costs import async_fault_costs, format_costs
+        costs = async_fault_costs(r.trace)
     if args.format == "table":
         print(r.table())
+        if costs is not None:
+            print()
+            print(format_costs(costs))
     else:
-        _emit([_row(r)], args.format, sys.stdout)
+        row = _row(r)
+        if costs is not None:
+            n = costs["faults"] or 1
+            row.update({f"cost_per_fault.{k}": v / n for k, v in costs["components"].items()})
+            row["cost_per_fault.total"] = costs["per_fault_ns"]
+        _emit([row], args.format, sys.stdout)
     return 0
 
 
@@ -201,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--apf", choices=("on", "off"), required=True)
     p.add_argument("--delivery", choices=("sdei", "irq", "abort", "halt"), default="sdei",
                    help="how 'page not present' reaches the guest (with --apf on)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also print what one async page fault costs, component by component")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("compare", help="APF off and on side by side")

@@ -79,6 +79,23 @@ REG_NAMES = tuple(_GPRS) + tuple(_SYSREGS)
 
 _TPIDR_EL0 = (3, 3, 13, 0, 2)
 
+# The instructions that can clear PSTATE.I at EL1 (Arm ARM C6.2 ERET, MSR (immediate),
+# MSR (register)): an IRQ held off by PSTATE.I is taken right after one of them.
+ERET = 0xD69F03E0
+_DAIFCLR_MASK, _DAIFCLR = 0xFFFFF0FF, 0xD50340FF      # MSR DAIFClr, #imm: op1=3, op2=7, CRm=imm
+_MSR_DAIF_MASK, _MSR_DAIF = 0xFFFFFFE0, 0xD51B4220    # MSR DAIF, Xt: S3_3_C4_C2_1
+
+
+def unmask_kind(word: int) -> str | None:
+    """"eret", "daifclr" (only if #imm has the I bit) or "msr_daif" for a word that may unmask IRQs."""
+    if word == ERET:
+        return "eret"
+    if word & _DAIFCLR_MASK == _DAIFCLR:
+        return "daifclr" if word >> 9 & 1 else None    # CRm = D:A:I:F, I is bit 1
+    if word & _MSR_DAIF_MASK == _MSR_DAIF:
+        return "msr_daif"
+    return None
+
 # System registers by (op0, op1, CRn, CRm, op2), for the trap table.
 SysregKey = tuple[int, int, int, int, int]
 
@@ -105,6 +122,7 @@ class Exit:
     ipa: int | None = None         # stage-2 abort address
     access: str | None = None      # "read" / "write" / "fetch"
     segments: list[tuple[int, int]] = field(default_factory=list)  # (retired_at, new_el) EL changes inside the run
+    sysreg: tuple | None = None    # SYSREG: the (op0, op1, CRn, CRm, op2) emulated
 
 
 class _InsnCounter:
@@ -203,7 +221,12 @@ class Vcpu:
         self._stop: Exit | None = None
         self._abort: tuple[int, str] | None = None
         self._el_changes: list[tuple[int, int]] = []
-        self._eret_hooks: dict[int, int] = {}
+        self._watched: set[int] = set()   # addresses of erets and IRQ-unmasking instructions
+        # Set by the host before each run: an IRQ is pending but PSTATE.I holds it off.
+        # The run then stops right after the first instruction that clears PSTATE.I.
+        self.irq_waiting = False
+        self._unmask_at: int | None = None
+        self._stepping = False
         self._sysreg = None
         self._done_before = 0
 
@@ -388,14 +411,24 @@ class Vcpu:
         self.pc = pc
 
     # ------------------------------------------------------------------ running
-    def mark_erets(self, addrs: list[int]) -> None:
-        """Watch these eret instructions so EL changes inside a run are timed.
+    def watch_code(self, base: int, code: bytes) -> None:
+        """Find the erets and IRQ-unmasking instructions of freshly loaded code and watch them.
 
-        A code hook limited to one address costs nothing elsewhere.
+        An eret splits a run's time between ELs; an unmasking instruction ends the run
+        right after it when an IRQ is waiting, so the IRQ is taken where the
+        architecture takes it (Arm ARM D1.3.6: at the next context synchronization
+        after PSTATE.I clears) and not some instructions later.
         """
+        addrs = [base + off for off in range(0, len(code) - 3, 4)
+                 if unmask_kind(int.from_bytes(code[off:off + 4], "little"))]
+        self.mark_erets(addrs)
+
+    def mark_erets(self, addrs: list[int]) -> None:
+        """Watch these erets (and unmasking MSRs): a code hook limited to one address costs nothing elsewhere."""
         for addr in addrs:
-            if addr not in self._eret_hooks:
-                self._eret_hooks[addr] = self._uc.hook_add(UC_HOOK_CODE, self._eret_seen, None, addr, addr + 3)
+            if addr not in self._watched:
+                self._watched.add(addr)
+                self._uc.hook_add(UC_HOOK_CODE, self._watch_hit, None, addr, addr + 3)
 
     def _counter(self) -> int:
         return struct.unpack("<Q", ctypes.string_at(self._counter_addr, 8))[0]
@@ -419,6 +452,7 @@ class Vcpu:
         self._stop = None
         self._abort = None
         self._sysreg = None
+        self._unmask_at = None
         self._done_before = done_before
         try:
             self._uc.emu_start(self.pc, 0, count=count)   # `until` unused: exits are on
@@ -438,6 +472,8 @@ class Vcpu:
             raise InvariantError(f"unicorn stopped with {err} at pc={self.pc:#x}")
         if self._sysreg is not None:
             return self._finish_sysreg(counter)
+        if self._unmask_at is not None:
+            return self._step_unmask(counter - 1, done_before)
         if self._stop is not None:
             stop = self._stop
             stop.retired = counter
@@ -448,6 +484,21 @@ class Vcpu:
         if self.insn_word(self.pc - 4) != 0xD503207F:
             raise InvariantError(f"vCPU stopped early for no known reason at pc={self.pc:#x}")
         return Exit(ExitKind.WFI, counter, self.pc)
+
+    def _step_unmask(self, retired: int, done_before: int) -> Exit:
+        """The run stopped on an instruction that clears PSTATE.I while an IRQ waits.
+
+        The engine executes exactly that instruction (a one-instruction run with
+        the watch disarmed) and the run ends there: the host takes the IRQ before
+        the next instruction, as the hardware would.
+        """
+        self._stepping = True
+        try:
+            ex = self._run_once(1, done_before + retired)
+        finally:
+            self._stepping = False
+        ex.retired += retired
+        return ex
 
     def _finish_sysreg(self, counter: int) -> Exit:
         """Emulate the trapped MRS/MSR the hook stopped on, then step past it.
@@ -466,7 +517,7 @@ class Vcpu:
         else:
             self._wr(reg_id, self.sysreg_read[key]() & (1 << 64) - 1)
         self.pc = insn_pc + 4
-        return Exit(ExitKind.SYSREG, retired, self.pc)
+        return Exit(ExitKind.SYSREG, retired, self.pc, sysreg=key)
 
     # ------------------------------------------------------------------ hooks
     def _tlb_fill(self, uc, vaddr, access, entry, _ud):
@@ -503,11 +554,35 @@ class Vcpu:
             self._hook_error = e
         uc.emu_stop()
 
-    def _eret_seen(self, uc, address, size, _ud):
-        # Runs before the eret executes: instructions so far (this one included)
-        # ran at EL1; what follows runs at the EL in SPSR_EL1.
-        spsr = uc.cpr_read(*_SYSREGS["spsr_el1"])
-        self._el_changes.append((self._done_before + self._counter(), (spsr >> 2) & 3))
+    def _watch_hit(self, uc, address, size, _ud):
+        # Runs before the watched instruction executes.
+        try:
+            kind = unmask_kind(self.insn_word(address))   # the code may have been replaced since
+            if kind is None:
+                return
+            if self.irq_waiting and not self._stepping and self._clears_i(kind, address):
+                self._unmask_at = address
+                uc.emu_stop()                 # before it executes; _step_unmask runs it alone
+                return
+            if kind == "eret":
+                # Instructions so far (this one included) ran at EL1; what follows
+                # runs at the EL in SPSR_EL1.
+                spsr = uc.cpr_read(*_SYSREGS["spsr_el1"])
+                self._el_changes.append((self._done_before + self._counter(), (spsr >> 2) & 3))
+        except BaseException as e:
+            self._hook_error = e
+            uc.emu_stop()
+
+    def _clears_i(self, kind: str, address: int) -> bool:
+        """Will this instruction clear PSTATE.I (which is set now)?"""
+        if not self._rd(A.UC_ARM64_REG_PSTATE) & PSTATE_I:
+            return False
+        if kind == "eret":
+            return not self._uc.cpr_read(*_SYSREGS["spsr_el1"]) & PSTATE_I
+        if kind == "daifclr":
+            return True
+        rt = self.insn_word(address) & 0x1F      # msr daif, xt: the new DAIF is xt's bits 9:6
+        return rt == 31 or not self.x(rt) & PSTATE_I
 
     def _sys(self, cp, reg_id: int, is_write: bool) -> int:
         key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)

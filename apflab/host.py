@@ -16,15 +16,13 @@ from typing import Callable
 from . import cpu as C
 from .cpu import ExitKind, Vcpu, decode_esr
 from .errors import BudgetExceeded, GuestError, GuestFault, InvariantError, ParameterError
-from .irq import GicCpu
+from .irq import ICC_SGI1R_EL1, GicCpu
 from .smccc import NO_RETURN, Call, Router, to_u64
 from .stage2 import PageState, Stage2
 from .timer import TIMER_PPI, VirtualTimer
 from .trace import Trace
 
 MAX_SLICE = 200_000          # instructions per emu_start when nothing is due sooner
-IRQ_POLL_SLICE = 64          # while an IRQ is pending but masked: it is taken within this many
-                             # instructions of the guest unmasking it (the unmask is not trapped)
 
 
 @dataclass(frozen=True)
@@ -35,19 +33,30 @@ class HostCosts:
     - ``hvc_ns``: a hypercall round trip. Dall et al., "ARM Virtualization:
       Performance and Architectural Implications" (ISCA 2016) measured ~6,400
       cycles on KVM/arm (non-VHE, 2.4 GHz X-Gene); VHE brings it near 1,000
-      cycles. 1 µs sits between.
+      cycles. 1 µs sits between. Every SMCCC call pays it: SDEI's EVENT_CONTEXT
+      and COMPLETE_AND_RESUME, ASYNC_PF IRQ_ACK.
     - ``exit_ns``: any other trap to the host and back (a WFI exit). The GIC CPU
       interface and the virtual timer are emulated through sysreg traps here, but
       on hardware with a GICv3 and the generic timer those accesses do not exit,
-      so they are charged nothing.
+      so they are charged nothing (except ``sgi_ns``).
     - ``fault_ns``: a stage-2 fault resolved without I/O (map a zero page or a
       page already in host memory): KVM's user_mem_abort plus the exit, a few µs.
     - ``inject_ns``: building an SDEI/IRQ injection on the way back in.
+    - ``sgi_ns``: a write to ICC_SGI1R_EL1, which does trap with a GICv3: KVM
+      emulates it (arch/arm64/kvm/sys_regs.c, access_gic_sgi ->
+      vgic_v3_dispatch_sgi). The arm64 APF guest sends itself a reschedule IPI
+      this way from its SDEI handler. An exit round trip, like ``exit_ns``.
+    - ``kick_ns``: the page-in finished on a host worker while the vCPU runs:
+      KVM kicks it (virt/kvm/kvm_main.c kvm_vcpu_kick, an IPI to its physical
+      CPU) so that it exits and re-enters with the page-ready PPI pending.
+      An exit round trip, like ``exit_ns``; not charged when the vCPU is halted.
     """
     hvc_ns: int = 1_000
     exit_ns: int = 700
     fault_ns: int = 2_500
     inject_ns: int = 300
+    sgi_ns: int = 700
+    kick_ns: int = 700
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -137,6 +146,7 @@ class Host:
         self._slice_t0 = 0
         self.halted = False
         self._holders: list[Callable[[Vcpu], bool]] = []
+        self.stalling = False     # inside stall_until: the vCPU thread waits in the host
 
         reads, writes = {}, {}
         for dev in (self.gic, self.timer):
@@ -148,6 +158,10 @@ class Host:
         vcpu.is_mapped = stage2.is_mapped
         vcpu.clock_at_retired = self._clock_mid_slice
         stage2.on_unmap = vcpu.flush_tlb
+        if stage2.policy == "clock":
+            # The referenced bit: a TLB fill is the engine's only sign of an access (every
+            # eviction flushes the whole TLB, so a bit means "used since the last eviction").
+            vcpu.on_tlb_fill = lambda ipa: stage2.referenced(stage2.gpn_of(ipa))
         stage2.on_event = self._trace_event
 
     # ------------------------------------------------------------------ services
@@ -210,8 +224,13 @@ class Host:
         # A trapped sysreg inside a slice sees the time after ``retired`` instructions.
         self.now = self._slice_t0 + retired * self.ns_per_insn
 
-    def charge(self, ns: int, mode: str = "host") -> None:
-        """Advance the clock by host work done on the vCPU's time."""
+    def charge(self, ns: int, mode: str = "host", what: str | None = None, **fields) -> None:
+        """Advance the clock by host work done on the vCPU's time.
+
+        ``what`` names the work in a "cost" trace record (apflab.costs adds them up).
+        """
+        if what is not None:
+            self.trace.emit(self.now, "cost", what=what, ns=ns, **fields)
         if ns:
             self.trace.account(self.now, self.now + ns, mode, self.current_task())
             self.now += ns
@@ -223,12 +242,16 @@ class Host:
         the guest sees none of them until it runs again.
         """
         t0 = self.now
-        while self._events and self._events[0].t_ns <= t_ns:
-            ev = heapq.heappop(self._events)
-            if ev.t_ns > self.now:
-                self.trace.account(self.now, ev.t_ns, "stalled", self.current_task())
-                self.now = ev.t_ns
-            ev.fn()
+        self.stalling = True
+        try:
+            while self._events and self._events[0].t_ns <= t_ns:
+                ev = heapq.heappop(self._events)
+                if ev.t_ns > self.now:
+                    self.trace.account(self.now, ev.t_ns, "stalled", self.current_task())
+                    self.now = ev.t_ns
+                ev.fn()
+        finally:
+            self.stalling = False
         if t_ns > self.now:
             self.trace.account(self.now, t_ns, "stalled", self.current_task())
             self.now = t_ns
@@ -274,8 +297,9 @@ class Host:
                 nxt = until_ns if nxt is None else min(nxt, until_ns)
             if nxt is not None:
                 count = min(count, max(1, -(-(nxt - self.now) // self.ns_per_insn)))
-            if self.gic.signalling():   # pending but masked by PSTATE.I
-                count = min(count, IRQ_POLL_SLICE)
+            # Pending but masked by PSTATE.I: the run ends right after the instruction
+            # that unmasks it (eret, msr daifclr/daif), where the IRQ is then taken.
+            vcpu.irq_waiting = self.gic.signalling()
 
             el0 = vcpu.el
             self._slice_t0 = self.now
@@ -283,8 +307,11 @@ class Host:
             self._account_slice(ex, el0)
 
             match ex.kind:
-                case ExitKind.SLICE_END | ExitKind.SYSREG:
+                case ExitKind.SLICE_END:
                     pass
+                case ExitKind.SYSREG:
+                    if ex.sysreg == ICC_SGI1R_EL1:      # the one GIC register that traps on hardware
+                        self.charge(self.costs.sgi_ns, what="sgi_trap")
                 case ExitKind.HVC:
                     self._hypercall(ex)
                 case ExitKind.SVC | ExitKind.SMC:
@@ -298,7 +325,7 @@ class Host:
                 case ExitKind.UNDEF:
                     self._guest_sync(C.EC_UNKNOWN, 0, return_pc=ex.pc, what="undefined instruction")
                 case ExitKind.WFI:
-                    self.charge(self.costs.exit_ns)
+                    self.charge(self.costs.exit_ns, what="wfi_exit")
                     if not self.gic.signalling():
                         self.halted = True
                         self.trace.emit(self.now, "halt", pc=ex.pc)
@@ -364,14 +391,14 @@ class Host:
         pc = self.vcpu.pc
         vector = self.vcpu.take_exception(C.VEC_IRQ, return_pc=pc)
         self.trace.emit(self.now, "irq", intid=self.gic.highest_pending(), pc=pc, vector=vector)
-        self.charge(self.costs.inject_ns)
+        self.charge(self.costs.inject_ns, what="irq_inject", intid=self.gic.highest_pending())
 
     # ------------------------------------------------------------------ exits
     def _hypercall(self, ex: C.Exit) -> None:
         vcpu = self.vcpu
         fid = vcpu.x(0) & 0xFFFFFFFF
         call = Call(fid, tuple(vcpu.x(i) for i in range(1, 6)), ex.pc)
-        self.charge(self.costs.hvc_ns)
+        self.charge(self.costs.hvc_ns, what="hvc", fid=fid)
         result = self.router.dispatch(vcpu, call)
         if result is not NO_RETURN:
             vcpu.set_x(0, to_u64(result))
@@ -420,17 +447,17 @@ class Host:
                         state=state.name.lower(), pc=ex.pc, el=el)
         if state == PageState.ABSENT:
             s2.first_touch(gpn)
-            self.charge(self.costs.fault_ns)
+            self.charge(self.costs.fault_ns, what="stage2_fault")
             return
         if state == PageState.RESIDENT:
-            self.charge(self.costs.fault_ns)   # stale TLB after a flush: just refill
+            self.charge(self.costs.fault_ns, what="stage2_fault")   # stale TLB after a flush: just refill
             return
         reason = "apf_off"
         if self._page_not_present is not None:
             reason = self._page_not_present(vcpu, Fault(gpn, ipa, ex.access, ex.pc, el))
             if reason is None:
                 return      # the async path took it: the vCPU does not wait here
-        self.charge(self.costs.fault_ns)
+        self.charge(self.costs.fault_ns, what="stage2_fault")
         self.sync_page_in(gpn, reason=reason)
 
     def sync_page_in(self, gpn: int, reason: str) -> None:

@@ -109,8 +109,7 @@ class Machine:
             raise ParameterError(f"program [{base:#x}, +{len(prog.code):#x}) does not fit in guest RAM "
                                  f"[{RAM_BASE:#x}, {RAM_BASE + self.ram_size:#x})")
         self.write(base, prog.code)
-        self._vcpu.mark_erets([a for a in range(base, base + len(prog.code) - 3, 4)
-                               if prog.code[a - base:a - base + 4] == b"\xe0\x03\x9f\xd6"])
+        self._vcpu.watch_code(base, prog.code)    # erets and IRQ-unmasking instructions
         self.program = prog
         self.symbols = dict(prog.symbols)
         self._vcpu.pc = prog.symbols["_start"]

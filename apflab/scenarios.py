@@ -116,7 +116,7 @@ def _int_range(lo, hi=None):
 
 
 _STORES = ("ssd", "hdd")
-_COST_FIELDS = {"hvc_ns", "exit_ns", "fault_ns", "inject_ns"}
+_COST_FIELDS = set(HostCosts.__dataclass_fields__)
 _COMMON = {
     "store": ("ssd", lambda v: v in _STORES, f"must be one of {_STORES}"),
     "latency_ns": (None, lambda v: v is None or _int_range(1)(v), "must be None (store default) or an int >= 1 ns"),
@@ -124,7 +124,7 @@ _COMMON = {
     "ns_per_insn": (1, _int_range(1, 1000), "must be an int in [1, 1000] (virtual ns per guest instruction)"),
     "host_costs": (None, lambda v: v is None or (isinstance(v, dict) and set(v) <= _COST_FIELDS
                                                  and all(_int_range(0)(x) for x in v.values())),
-                   "must be None or a dict of HostCosts fields (hvc_ns, exit_ns, fault_ns, inject_ns) "
+                   f"must be None or a dict of HostCosts fields ({', '.join(HostCosts.__dataclass_fields__)}) "
                    "with int values >= 0"),
     "keep_records": (True, lambda v: isinstance(v, bool),
                      "must be True or False (False: count trace records without keeping them, for huge runs)"),

@@ -347,7 +347,7 @@ class SdeiService:
         vcpu.enter_handler(ev.entry, (ctx.pstate & PSTATE_NZCV) | PSTATE_EL1H_MASKED,
                            [ev.defn.number, ev.ep_arg, ctx.pc, ctx.pstate], zero_to=CONTEXT_REGS)
         self.host.halted = False
-        self.host.charge(self.host.costs.inject_ns, "host")
+        self.host.charge(self.host.costs.inject_ns, "host", what="sdei_inject")
         self.host.trace.emit(self.host.now, "sdei_dispatch", event=ev.defn.number, pc=ctx.pc,
                              pstate=ctx.pstate, entry=ev.entry)
         return ev.defn.number

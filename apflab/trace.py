@@ -41,6 +41,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "stop": ("pc",),
     "stall": ("reason", "ns"),
     "stage2_fault": ("gpn", "ipa", "access", "state", "pc", "el"),
+    "cost": ("what", "ns", "fid", "intid"),       # a host charge, labelled (apflab.costs)
     # stage-2 page moves
     "first_touch": ("gpn",),
     "page_out": ("gpn", "to", "cost_ns"),

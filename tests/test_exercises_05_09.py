@@ -178,8 +178,10 @@ def test_break_even_answer(seed):
     ex = BreakEven(seed)
     answer = ex.answer()
     if ex.params["calc_thread"]:
-        # with a compute task APF pays off from a few µs on (lab 09): never at 1 µs, always by 8
-        assert answer in ex.params["latencies_ns"] and 2_000 <= answer <= 8_000
+        # with a compute task APF pays off once the device is slower than what an async fault
+        # costs the vCPU (about 15 µs of host and guest work, apflab.costs): never at 1 µs,
+        # always by 20
+        assert answer in ex.params["latencies_ns"] and 2_000 <= answer <= 20_000
     else:
         assert answer == NEVER                  # alone, the walker has nothing to overlap
     assert ex.check(answer)

@@ -35,5 +35,5 @@ class AbortDelivery(Delivery):
         vector = vcpu.take_exception(VEC_SYNC, return_pc=fault.pc, esr=esr, far=fault.ipa)
         host.trace.emit(host.now, "exception", what="apf_abort", esr=esr, from_el=fault.el,
                         vector=vector)
-        host.charge(host.costs.inject_ns)
+        host.charge(host.costs.inject_ns, what="abort_inject")
 

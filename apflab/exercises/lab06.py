@@ -34,7 +34,8 @@ def build_guest(kinds, seed: int, *, tick_ns: int = guest.DEFAULT_TICK_NS):
         else:
             raise ValueError(f"task kind must be 'memtouch' or 'compute', got {kind!r}")
     m = Machine(seed=seed)
-    syms = m.load_asm(guest.build_source(tasks, tick_ns=tick_ns, apf_enable=True))
+    # The puzzle is plain round robin: a woken task waits for its turn (no wake-up preemption).
+    syms = m.load_asm(guest.build_source(tasks, tick_ns=tick_ns, apf_enable=True, wake_preempt=False))
     guest.pin_kernel(m, syms)
     guest.attach(m, syms)
     for i, buf in enumerate(guest.task_buffers(tasks)):

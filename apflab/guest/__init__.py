@@ -30,9 +30,11 @@ Symbols the host can read (all u64 unless noted; arrays have TASK_MAX = 8 entrie
 
     current_task        index of the running task, 0xffff_ffff_ffff_ffff (-1) while idle
     need_resched, rr_cursor, exited_mask, stop_reason (1 all exited, 2 stop_mask done)
+    wake_next           the task a "page ready" woke, which schedule picks first (-1: none)
     boot_ns, stop_ns    CNTVCT when scheduling began / at the final brk #0
     total_work, ticks, ctx_switches, idle_entries
     irq_entries, irq_spurious (IAR = 1023), irq_unknown, irq_stale_timer
+    irq_resched         reschedule IPIs (SGI 0) the SDEI handler sent itself and took
     kernel_panic        0, or 1 unexpected exception, 2 bad EL0 sync, 3 image overlaps
                         the buffers, 4 IRQ at EL1 outside idle; then panic_vector,
                         panic_esr, panic_elr, panic_spsr, panic_far, panic_task
@@ -41,6 +43,7 @@ Symbols the host can read (all u64 unless noted; arrays have TASK_MAX = 8 entrie
     sdei_results        u64[8], raw result of each probe step
     sdei_event          the event registered (-1 if none)
     sdei_dispatches, sdei_bad
+    sdei_context        u64[4]: x0-x3 of the last interrupted context, read with EVENT_CONTEXT
     apf_features        VENDOR_HYP_KVM_FEATURES bitmap
     apf_version, apf_slots, apf_sdei_event, apf_irq, apf_enable_ret, apf_enabled
     apf_not_present, apf_page_ready_count, apf_wake_all, apf_dummies, apf_dummy_hits,
@@ -78,6 +81,10 @@ Configuration (``build_source`` keywords, emitted as ``config_*`` quads)::
     buf_base      where workload buffers start
     wake_resched  1: a "page ready" wake-up asks for a reschedule (the woken task runs
                   at the next return to user space rather than at the next tick)
+    wake_preempt  1 (default, needs wake_resched): the woken task is the one that runs
+                  then, before the other runnable tasks, as with Linux's wake-up
+                  preemption; the task it preempted runs next after it. 0: the woken
+                  task waits for its round-robin turn
 """
 
 from __future__ import annotations
@@ -215,7 +222,7 @@ def workloads_source() -> str:
 
 def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_enable: bool = True,
                  sdei_enable: bool = True, stop_mask: int | None = None,
-                 buf_base: int = DEFAULT_BUF_BASE, wake_resched: bool = True,
+                 buf_base: int = DEFAULT_BUF_BASE, wake_resched: bool = True, wake_preempt: bool = True,
                  ram_size: int = DEFAULT_RAM_SIZE, extra_source: str = "", delivery: str = "sdei",
                  send_always: bool = False) -> str:
     """One assembly source: kernel + workloads + ``extra_source`` + generated config and tasks.
@@ -252,6 +259,7 @@ def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_e
               ("config_apf_enable", int(bool(apf_enable))), ("config_sdei_enable", int(bool(sdei_enable))),
               ("config_stop_mask", stop_mask & _U64), ("config_buf_base", buf_base),
               ("config_wake_resched", int(bool(wake_resched))),
+              ("config_wake_preempt", int(bool(wake_preempt))),
               ("config_apf_delivery", DELIVERY_IDS[delivery]),
               ("config_apf_send_always", int(bool(send_always))),
               ("config_ram_end", RAM_BASE + ram_size)]
@@ -423,6 +431,7 @@ def read_kernel_state(machine, symbols: dict[str, int]) -> dict:
         "ticks": g("ticks"), "ctx_switches": g("ctx_switches"), "idle_entries": g("idle_entries"),
         "irq_entries": g("irq_entries"), "irq_spurious": g("irq_spurious"),
         "irq_unknown": g("irq_unknown"), "irq_stale_timer": g("irq_stale_timer"),
+        "irq_resched": g("irq_resched"),
         "exited_mask": g("exited_mask"), "panic": panic_info, "sdei": sdei, "apf": apf, "tasks": tasks,
         "sched_log": list(machine.read(symbols["sched_log"], log_len)),
     }

@@ -78,6 +78,7 @@
 	.equ	EC_DABT_CUR, 0x25	// data abort from EL1
 
 	// GICv3: INTIDs and the spurious ID
+	.equ	INTID_IPI_RESCHEDULE, 0	// SGI 0, as Linux numbers its IPIs (IPI_RESCHEDULE)
 	.equ	INTID_VTIMER, 27
 	.equ	INTID_SPURIOUS, 1023
 
@@ -85,6 +86,7 @@
 	.equ	SDEI_VERSION, 0x20
 	.equ	SDEI_EVENT_REGISTER, 0x21
 	.equ	SDEI_EVENT_ENABLE, 0x22
+	.equ	SDEI_EVENT_CONTEXT, 0x24
 	.equ	SDEI_EVENT_COMPLETE, 0x25
 	.equ	SDEI_EVENT_COMPLETE_AND_RESUME, 0x26
 	.equ	SDEI_EVENT_GET_INFO, 0x29
@@ -95,6 +97,7 @@
 	.equ	SDEI_INFO_PRIORITY, 2
 	.equ	SDEI_EV_HANDLED, 0
 	.equ	SDEI_EV_FAILED, 1
+	.equ	SDEI_CONTEXT_CALLS, 4	// x0-x3 read back on every handler entry (Linux, without KPTI)
 
 	// Bits of sdei_probe_done: one per step of the Linux probe order
 	.equ	SDEI_STEP_VERSION, 0
@@ -278,6 +281,7 @@ _start:
 	mov	x0, #-1
 	str_l	x0, current_task, x1
 	str_l	x0, rr_cursor, x1
+	str_l	x0, wake_next, x1
 	str_l	x0, apf_sdei_event, x1
 	str_l	x0, apf_irq, x1
 	str_l	x0, apf_np_irq, x1
@@ -574,8 +578,31 @@ schedule:
 	str_l	xzr, need_resched, x0
 	ldr_l	x1, config_nr_tasks
 	cbz	x1, kernel_stop_all
-	ldr_l	x2, rr_cursor			// last task that ran (-1 at boot)
 	adr	x4, task_state
+	// Wake-up preemption (Linux: check_preempt_wakeup picks the task that
+	// slept over the one that kept the CPU): a task woken by "page ready"
+	// runs first, not after a round-robin turn of the others.
+	ldr_l	x2, wake_next
+	mov	x5, #-1
+	str_l	x5, wake_next, x6
+	tbnz	x2, #63, schedule_rr
+	ldr	x5, [x4, x2, lsl #3]
+	cmp	x5, #TS_RUNNABLE
+	b.ne	schedule_rr
+	// The round robin is not disturbed: a preempted task that can still run
+	// gets the CPU back next (rr_cursor = it - 1); otherwise it goes on as before.
+	ldr_l	x6, current_task
+	tbnz	x6, #63, schedule_switch
+	cmp	x6, x2
+	b.eq	schedule_switch
+	ldr	x5, [x4, x6, lsl #3]
+	cmp	x5, #TS_RUNNABLE
+	b.ne	schedule_switch
+	sub	x6, x6, #1
+	str_l	x6, rr_cursor, x7
+	b	schedule_switch
+schedule_rr:
+	ldr_l	x2, rr_cursor			// last task that ran (-1 at boot)
 	mov	x3, x1				// candidates left
 schedule_next:
 	add	x2, x2, #1
@@ -589,7 +616,9 @@ schedule_next:
 	b	idle
 
 schedule_found:
-	// x2 = next task
+	// x2 = next task in round-robin order
+	str_l	x2, rr_cursor, x7
+schedule_switch:
 	ldr_l	x6, current_task
 	cmp	x6, x2
 	b.eq	schedule_same
@@ -599,7 +628,6 @@ schedule_found:
 	bl	sched_log_add
 schedule_same:
 	str_l	x2, current_task, x7
-	str_l	x2, rr_cursor, x7
 	adr	x7, tasks
 	mov	x8, #T_SIZE
 	madd	x0, x2, x8, x7
@@ -920,6 +948,13 @@ handle_irq:
 	bl	timer_tick
 	b	handle_irq_eoi
 handle_irq_not_timer:
+	cmp	x19, #INTID_IPI_RESCHEDULE
+	b.ne	handle_irq_not_ipi
+	inc_l	irq_resched, x0, x1		// the SDEI handler's reschedule IPI
+	mov	x0, #1
+	str_l	x0, need_resched, x1
+	b	handle_irq_eoi
+handle_irq_not_ipi:
 	ldr_l	x0, apf_irq
 	cmp	x19, x0
 	b.ne	handle_irq_not_ready
@@ -1116,6 +1151,23 @@ apf_np_park_bad:
 //      retries the faulting instruction when it runs again.
 sdei_apf_entry:
 	mov	x17, x30
+	// Linux's SDEI entry (do_sdei_event, arch/arm64/kernel/sdei.c) first reads
+	// back the interrupted x0-x3, which the dispatch clobbered, with one
+	// EVENT_CONTEXT hypercall each (one more, x4, under KPTI).
+	mov	x14, x0
+	mov	x15, x3
+	adr	x16, sdei_context
+	mov	x13, #0
+sdei_apf_context:
+	sdei_fid x0, SDEI_EVENT_CONTEXT
+	mov	x1, x13
+	hvc	#0
+	str	x0, [x16, x13, lsl #3]
+	add	x13, x13, #1
+	cmp	x13, #SDEI_CONTEXT_CALLS
+	b.lo	sdei_apf_context
+	mov	x0, x14
+	mov	x3, x15
 	inc_l	sdei_dispatches, x4, x5
 	ldr_l	x4, apf_sdei_event
 	cmp	x0, x4
@@ -1153,6 +1205,12 @@ sdei_apf_entry:
 	inc_task task_parked, x7, x9, x10
 	mov	x8, #1
 	str_l	x8, need_resched, x9
+	// The arm64 APF client (kvm_async_pf_sdei_handler, arch/arm64/kernel/kvm.c
+	// of the series) sends this CPU a reschedule IPI: an ICC_SGI1R_EL1 write
+	// (SGI 0, target list = CPU 0), which traps to the host.  The IRQ path
+	// behind COMPLETE_AND_RESUME then acknowledges it.
+	mov	x8, #1
+	msr	s3_0_c12_c11_5, x8		// ICC_SGI1R_EL1
 
 	str	wzr, [x4, #APF_TOKEN]
 	str	wzr, [x4, #APF_REASON]
@@ -1300,6 +1358,9 @@ apf_wake_task:
 	cbz	x3, apf_wake_task_out
 	mov	x3, #1
 	str_l	x3, need_resched, x1
+	ldr_l	x3, config_wake_preempt
+	cbz	x3, apf_wake_task_out
+	str_l	x0, wake_next, x1		// schedule picks it first
 apf_wake_task_out:
 	ret
 // DESIGN-END apf
@@ -1369,6 +1430,7 @@ apf_table:
 current_task:		.quad	-1	// running task index, -1 while idle
 need_resched:		.quad	0
 rr_cursor:		.quad	-1	// the task that ran last (round robin)
+wake_next:		.quad	-1	// woken by "page ready": runs next (wake-up preemption)
 exited_mask:		.quad	0	// bit i: task i exited
 stop_reason:		.quad	0	// 1 all tasks exited, 2 all of config_stop_mask
 boot_ns:		.quad	0	// CNTVCT when the scheduler first ran
@@ -1379,6 +1441,7 @@ ctx_switches:		.quad	0
 idle_entries:		.quad	0
 irq_entries:		.quad	0
 irq_spurious:		.quad	0	// IAR said 1023 (e.g. after the SDEI resume)
+irq_resched:		.quad	0	// reschedule IPIs (SGI 0) taken
 irq_unknown:		.quad	0
 irq_stale_timer:	.quad	0
 
@@ -1397,6 +1460,7 @@ sdei_results:		.space	8 * 8	// raw result of each step, by step number
 sdei_event:		.quad	-1	// the event we registered
 sdei_dispatches:	.quad	0	// handler entries
 sdei_bad:		.quad	0	// entries for another event / reason
+sdei_context:		.space	8 * SDEI_CONTEXT_CALLS	// x0-x3 of the last interrupted context
 
 // APF client
 apf_features:		.quad	0	// VENDOR_HYP_KVM_FEATURES bitmap
