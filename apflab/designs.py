@@ -44,6 +44,8 @@ def row(design: str, r) -> dict:
         "io_faults": r.faults,
         "async_faults": asyncs,
         "async_fraction": round(asyncs / r.faults, 3) if r.faults else 0.0,
+        # notices the guest could not use (it cannot sleep in kernel mode): wasted exits
+        "notices_unused": r.kernel.get("apf", {}).get("not_parked", 0),
         "fallbacks": dict(r.fallbacks),
         "exits_per_async_fault": round(_apf_exits(r) / asyncs, 2) if asyncs else None,
         # Guest kernel + handler + host time, per async fault. The kernel's own work (ticks,
@@ -67,6 +69,7 @@ def text(rows: list[dict]) -> str:
     keys = [("elapsed_ms", "elapsed (ms)"), ("stalled_ms", "stalled (ms)"), ("work_total", "work (total)"),
             ("work_compute", "work (compute)"), ("io_faults", "faults needing I/O"),
             ("async_faults", "async faults"), ("async_fraction", "async fraction"),
+            ("notices_unused", "notices the guest could not use"),
             ("fallbacks", "fallbacks"), ("exits_per_async_fault", "exits / async fault"),
             ("vcpu_us_per_async_fault", "vCPU µs / async fault"), ("guest_lines", "guest lines needed"),
             ("guest_support", "guest support"), ("migration_state", "migration state (items)")]
