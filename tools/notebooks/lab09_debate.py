@@ -139,13 +139,18 @@ here because they move whenever the model's costs do):
 - **x86 2010.** The model's ratio depends on the swap latency, which the 2010 letter does not
   give: the calibration section below shows how strongly.
 - **Post-copy.** Same direction; how far apart depends on the network round trip (lab 08)."""),
-        code("""off, on = pairs["x86_2010"][0]
-for r in (off, on):
-    compute = r.params["fault_tasks"]               # compute tasks come after the walkers
+        code("""def shares(r):
+    \"\"\"(compute tasks' share of the vCPU, stalled share) of one run.\"\"\"
+    first_compute = r.params["fault_tasks"]          # compute tasks come after the walkers
     el0_compute = sum(b - a for a, b, mode, task in r.trace.spans
-                      if mode == "el0" and task is not None and task >= compute)
-    print(f"APF {'on ' if r.apf else 'off'}: compute tasks had {el0_compute / r.elapsed_ns:.0%} of the vCPU, "
-          f"stalled {r.stall_ns / r.elapsed_ns:.0%}")"""),
+                      if mode == "el0" and task is not None and task >= first_compute)
+    return el0_compute / r.elapsed_ns, r.stall_ns / r.elapsed_ns
+
+for i, label in enumerate(("off", "on ")):
+    got = [shares(pair[i]) for pair in pairs["x86_2010"]]
+    compute, stalled = [g[0] for g in got], [g[1] for g in got]
+    print(f"APF {label}: compute tasks had {sum(compute) / len(got):.0%} of the vCPU "
+          f"({min(compute):.0%}..{max(compute):.0%} over {len(got)} seeds), stalled {sum(stalled) / len(got):.0%}")"""),
         md("""Natapov also showed `perf` samples inside the guest: `work_thread` 63% of them
 without async PF, 98% with. That is a share of *samples while the guest ran* on four vCPUs;
 the model's share above is of one vCPU's virtual time, stalls included. Same direction, not
