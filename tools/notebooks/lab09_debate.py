@@ -82,9 +82,18 @@ source's own before/after figures (check them against `docs/REFERENCES.md` and t
         code("""import apflab
 import plotly.io as pio
 from apflab import plots
-from apflab.scenarios import compare
+from apflab.scenarios import compare, parameters
 
 pio.renderers.default = "plotly_mimetype"   # figures as JSON, no copy of plotly.js per figure
+
+_runs = {}
+def pair(name, seed, **params):
+    \"\"\"compare(), remembered: a run this notebook already made is not made again.\"\"\"
+    full = {k: v["default"] for k, v in parameters(name).items()} | params
+    key = (name, seed, tuple(sorted(full.items())))
+    if key not in _runs:
+        _runs[key] = compare(name, seed=seed, **params)
+    return _runs[key]
 
 for key, pub in plots.PUBLISHED.items():
     change = pub["after"] / pub["before"] - 1
@@ -109,12 +118,7 @@ FIGURES = {   # published key -> (scenario, parameters); "no compute" v3 and v4 
     "x86_2010": ("gleb2010", dict(duration_ns=5_000_000)),
     "postcopy": ("postcopy", dict(calc_thread=True, npages=64)),
 }
-runs = {}     # (scenario, params) -> [(off, on) per seed]
-for key, (name, params) in FIGURES.items():
-    spec = (name, tuple(sorted(params.items())))
-    if spec not in runs:
-        runs[spec] = [compare(name, seed=s, **params) for s in SEEDS]
-pairs = {key: runs[(name, tuple(sorted(params.items())))] for key, (name, params) in FIGURES.items()}
+pairs = {key: [pair(name, s, **params) for s in SEEDS] for key, (name, params) in FIGURES.items()}
 table = plots.published_data([{"key": key, "pairs": p} for key, p in pairs.items()])
 
 print(f"{'measurement':<38} {'published':>9} {'model mean':>10} {'model min..max':>16}  sign")
@@ -150,7 +154,7 @@ here because they move whenever the model's costs do):
     return el0_compute / r.elapsed_ns, r.stall_ns / r.elapsed_ns
 
 for i, label in enumerate(("off", "on ")):
-    got = [shares(pair[i]) for pair in pairs["x86_2010"]]
+    got = [shares(runs_of_seed[i]) for runs_of_seed in pairs["x86_2010"]]
     compute, stalled = [g[0] for g in got], [g[1] for g in got]
     print(f"APF {label}: compute tasks had {sum(compute) / len(got):.0%} of the vCPU "
           f"({min(compute):.0%}..{max(compute):.0%} over {len(got)} seeds), stalled {sum(stalled) / len(got):.0%}")"""),
@@ -181,12 +185,12 @@ for sweep_name, values in SWEEPS.items():
             extra = {sweep_name: value}
             if sweep_name == "latency ×":
                 pname, default = LATENCY_PARAM[name]
-                extra = {pname: int(default * value)}
+                extra = {pname: int(default * value)} if value != 1 else {}
             for s in SENS_SEEDS:
-                off, on = compare(name, seed=s, **params, **extra)
+                off, on = pair(name, s, **params, **extra)
                 ratio = plots.published_data([{"key": key, "off": off, "on": on}])[0]["ours"]
                 sens_rows.append({"sweep": sweep_name, "x": value, "figure": key, "ratio": ratio})
-print(len(sens_rows), "ratios from", 2 * len(sens_rows), "runs")"""),
+print(len(sens_rows), "ratios;", len(_runs), "distinct APF off/on pairs run so far in this notebook")"""),
         code("""# NBVAL_IGNORE_OUTPUT
 for sweep_name in SWEEPS:
     rows = [r for r in sens_rows if r["sweep"] == sweep_name]
@@ -222,7 +226,7 @@ CAL_SEEDS = (0, 1)
 cal_rows = []
 for lat in LATENCIES:
     for s in CAL_SEEDS:
-        off, on = compare("gleb2010", seed=s, duration_ns=5_000_000, latency_ns=lat)
+        off, on = pair("gleb2010", s, duration_ns=5_000_000, latency_ns=lat)
         cal_rows.append({"latency_us": lat / 1000, "ratio": on.work["compute"] / off.work["compute"]})
 mean = {x: sum(r["ratio"] for r in cal_rows if r["latency_us"] == x) / len(CAL_SEEDS)
         for x in (l / 1000 for l in LATENCIES)}
