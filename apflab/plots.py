@@ -46,25 +46,40 @@ IDLE_ROW = "idle/kernel"
 MAX_BARS = 5_000
 MAX_MARKERS = 2_000          # per kind; beyond that every k-th is drawn (counts stay exact)
 
-# docs/REFERENCES.md ("Published figures"): the published measurements the lab calibrates against.
-# ratio = after / before (APF on / APF off) of the metric named.
+# The published measurements the labs put the model next to; docs/REFERENCES.md
+# ("Published figures") quotes each with its message id. ratio = after / before
+# (APF on / APF off) of the metric named; "before"/"after" are the source's own numbers.
 PUBLISHED = {
     "arm64_v3_compute": {
         "label": "arm64 APF v3, with compute thread", "scenario": "memtouch",
-        "params": {"calc_thread": True}, "metric": "elapsed_ns", "before": 108.4, "after": 64.8,
-        "unit": "s", "source": "arm64 APF v3 cover letter (May 2021): test time 108.4 s -> 64.8 s"},
+        "params": {"calc_thread": True}, "metric": "elapsed_ns", "before": 108_392, "after": 64_751,
+        "unit": "ms", "source": "arm64 APF v3 cover letter, 7 May 2021, "
+                                "<20210507084053.44407-1-gshan@redhat.com>, test [2] run 1: "
+                                "108392 ms -> 64751 ms"},
     "arm64_v3_no_compute": {
         "label": "arm64 APF v3, no compute thread", "scenario": "memtouch",
-        "params": {"calc_thread": False}, "metric": "elapsed_ns", "before": 1.0, "after": 0.98,
-        "unit": "relative", "source": "arm64 APF v3 cover letter (May 2021): about 2% faster"},
+        "params": {"calc_thread": False}, "metric": "elapsed_ns", "before": 61_399, "after": 59_911,
+        "unit": "ms", "source": "arm64 APF v3 cover letter, 7 May 2021, "
+                                "<20210507084053.44407-1-gshan@redhat.com>, test [1] run 1: "
+                                "61399 ms -> 59911 ms"},
+    "arm64_v4_no_compute": {
+        "label": "arm64 APF v4, no compute thread", "scenario": "memtouch",
+        "params": {"calc_thread": False}, "metric": "elapsed_ns", "before": 14_592, "after": 15_010,
+        "unit": "ms", "source": "arm64 APF v4 cover letter, 15 Aug 2021, "
+                                "<20210815005947.83699-1-gshan@redhat.com>, test (a) run 1: "
+                                "14.592 s -> 15.010 s"},
     "x86_2010": {
         "label": "x86 2010, 4 faulting + 4 compute", "scenario": "gleb2010",
-        "params": {}, "metric": "work_total", "before": 1.30e11, "after": 2.59e11,
-        "unit": "work units", "source": "Natapov, async PF patch v4 (2010): work 1.30e11 -> 2.59e11"},
+        "params": {}, "metric": "work_compute", "before": 129_752_639_953, "after": 258_846_142_585,
+        "unit": "work units", "source": "Natapov, async PF v4 cover letter, 6 Jul 2010, "
+                                        "<1278433500-29884-1-git-send-email-gleb@redhat.com>: "
+                                        "worker total 129752639953 -> 258846142585"},
     "postcopy": {
-        "label": "post-copy migration", "scenario": "postcopy",
-        "params": {"calc_thread": True}, "metric": "work_total", "before": 1.0, "after": 1.68,
-        "unit": "relative", "source": "arm64 APF v3 cover letter (May 2021): guest work +68%"},
+        "label": "post-copy migration, compute rate", "scenario": "postcopy",
+        "params": {"calc_thread": True}, "metric": "compute_rate", "before": 75, "after": 126,
+        "unit": "k/ms", "source": "arm64 APF v3 cover letter, 7 May 2021, "
+                                  "<20210507084053.44407-1-gshan@redhat.com>, test [3] run 1: "
+                                  "calculation speed 75k/ms -> 126k/ms"},
 }
 
 
@@ -478,15 +493,26 @@ def _metric(result, metric: str) -> float:
         return result.work["total"]
     if metric == "work_compute":
         return result.work["compute"]
+    if metric == "compute_rate":          # compute work per virtual ns
+        return result.work["compute"] / result.elapsed_ns
     raise ParameterError(f"unknown metric {metric!r}")
 
 
-def published_data(rows) -> list[dict]:
-    """Our APF-on/APF-off ratios next to docs/REFERENCES.md ("Published figures").
+def _ratio(key: str, metric: str, off, on) -> float:
+    off_v = off if isinstance(off, (int, float)) else _metric(off, metric)
+    on_v = on if isinstance(on, (int, float)) else _metric(on, metric)
+    if not off_v:
+        raise ParameterError(f"{key}: the APF-off {metric} is 0; no ratio")
+    return on_v / off_v
 
-    ``rows``: a list of dicts, each {"key": one of PUBLISHED, and either "ours": ratio or
-    "off"/"on": two ScenarioResults (or two numbers)}; or a dict key -> (off, on).  The
-    ratio is on/off of the published metric (time for arm64 v3, work for x86 and post-copy).
+
+def published_data(rows) -> list[dict]:
+    """Our APF-on/APF-off ratios next to ``PUBLISHED`` (sources: docs/REFERENCES.md).
+
+    ``rows``: a list of dicts, each {"key": one of PUBLISHED, and one of "ours": ratio,
+    "off"/"on": two ScenarioResults (or two numbers), or "pairs": a list of (off, on), one
+    per seed}; or a dict key -> (off, on).  The ratio is on/off of the published metric.
+    With "pairs", "ours" is the mean over seeds and "ours_min"/"ours_max" the spread.
     """
     if isinstance(rows, Mapping):
         rows = [{"key": k, "off": v[0], "on": v[1]} for k, v in rows.items()]
@@ -497,35 +523,42 @@ def published_data(rows) -> list[dict]:
             raise ParameterError(f"unknown published figure {key!r}; known: {', '.join(PUBLISHED)}")
         pub = PUBLISHED[key]
         if "ours" in row:
-            ours = float(row["ours"])
+            ratios = [float(row["ours"])]
+        elif "pairs" in row:
+            ratios = [_ratio(key, pub["metric"], off, on) for off, on in row["pairs"]]
+            if not ratios:
+                raise ParameterError(f"{key}: 'pairs' is empty")
         else:
-            off, on = row["off"], row["on"]
-            off_v = off if isinstance(off, (int, float)) else _metric(off, pub["metric"])
-            on_v = on if isinstance(on, (int, float)) else _metric(on, pub["metric"])
-            if not off_v:
-                raise ParameterError(f"{key}: the APF-off {pub['metric']} is 0; no ratio")
-            ours = on_v / off_v
+            ratios = [_ratio(key, pub["metric"], row["off"], row["on"])]
+        ours = sum(ratios) / len(ratios)
         ratio = pub["after"] / pub["before"]
         out.append({"key": key, "label": pub["label"], "metric": pub["metric"],
-                    "published": ratio, "ours": ours, "published_change": ratio - 1,
+                    "published": ratio, "ours": ours, "ours_min": min(ratios),
+                    "ours_max": max(ratios), "n": len(ratios), "published_change": ratio - 1,
                     "ours_change": ours - 1, "source": pub["source"]})
     return out
 
 
 def model_vs_published(rows, *, title: str = "Our model against the published measurements") -> go.Figure:
-    """Grouped bars of APF-on / APF-off ratios: the paper's next to ours; 1.0 = no change."""
+    """Grouped bars of APF-on / APF-off ratios: the source's next to ours; 1.0 = no change.
+    Where ours comes from several seeds the bar is the mean and the error bar the min-max."""
     data = published_data(rows)
     labels = [d["label"] + ("<br>(time: lower is better)" if d["metric"] == "elapsed_ns"
                             else "<br>(work: higher is better)") for d in data]
     fig = go.Figure()
     for key, name, color in (("published", "published", "#BAB0AC"), ("ours", "apflab", "#4C78A8")):
+        spread = key == "ours" and any(d["n"] > 1 for d in data)
         fig.add_trace(go.Bar(
             name=name, x=labels, y=[round(d[key], 4) for d in data], marker_color=color,
             text=[f"{d[key] - 1:+.0%}" for d in data], textposition="outside",
             customdata=[d["source"] for d in data],
+            error_y=dict(type="data", symmetric=False,
+                         array=[round(d["ours_max"] - d["ours"], 4) for d in data],
+                         arrayminus=[round(d["ours"] - d["ours_min"], 4) for d in data])
+            if spread else None,
             hovertemplate="%{y:.3f}× (%{text})<br>%{customdata}<extra>" + name + "</extra>"))
     fig.add_hline(y=1.0, line_dash="dot", line_color="#555")
-    top = max([d["published"] for d in data] + [d["ours"] for d in data] + [1.0])
+    top = max([d["published"] for d in data] + [d["ours_max"] for d in data] + [1.0])
     fig.update_layout(title=title, barmode="group", yaxis_title="APF on / APF off",
                       yaxis_range=[0, top * 1.2], margin=dict(l=10, r=10, t=50, b=40))
     return fig

@@ -1,5 +1,5 @@
-"""Exercises of labs 05-09: answers agree with an independent computation, checks accept the
-answer and reject a wrong one, and seeds give different variants."""
+"""Exercises of labs 05-08 (lab 09: tests/test_lab09.py): answers agree with an independent
+computation, checks accept the answer and reject a wrong one, and seeds give different variants."""
 
 import math
 
@@ -11,7 +11,6 @@ from apflab.exercises.lab05 import PredictStall
 from apflab.exercises.lab06 import FirstToken, WhileTask0Waits
 from apflab.exercises.lab07 import ApfPayoff
 from apflab.exercises.lab08 import MigrationTime
-from apflab.exercises.lab09 import NEVER, BreakEven, break_even
 
 SEEDS = (0, 1, 7, 1234)
 
@@ -21,7 +20,7 @@ def variants(cls, seeds=range(12)):
 
 
 @pytest.mark.parametrize("cls", [PredictStall, WhileTask0Waits, FirstToken, ApfPayoff,
-                                 MigrationTime, BreakEven])
+                                 MigrationTime])
 def test_seeds_draw_different_variants_and_repeat(cls):
     assert len(variants(cls)) >= 4
     assert cls(42).params == cls(42).params
@@ -29,7 +28,7 @@ def test_seeds_draw_different_variants_and_repeat(cls):
 
 
 @pytest.mark.parametrize("cls", [PredictStall, WhileTask0Waits, FirstToken, ApfPayoff,
-                                 MigrationTime, BreakEven])
+                                 MigrationTime])
 def test_seed_must_be_an_int(cls):
     with pytest.raises(ParameterError):
         cls("1234")
@@ -157,37 +156,3 @@ def test_migration_time_is_pages_times_page_tx_plus_half_rtt(seed):
     assert ex.check(predicted)
     assert not ex.check(predicted + p["rtt_ns"] / 2e6 + 0.1 * expected)   # a whole round trip, and more
     assert not ex.check(expected * 1.06) and not ex.check("fast")
-
-
-# ---------------------------------------------------------------------- lab 09
-
-def test_break_even_reads_rows():
-    def rows(pairs):
-        out = []
-        for lat, (off, on) in pairs.items():
-            out += [{"param.latency_ns": lat, "apf": False, "elapsed_ns": off},
-                    {"param.latency_ns": lat, "apf": True, "elapsed_ns": on}]
-        return out
-    assert break_even(rows({1000: (10, 20), 4000: (10, 5), 9000: (10, 5)})) == 4000
-    assert break_even(rows({1000: (10, 5), 4000: (10, 20), 9000: (10, 5)})) == 9000
-    assert break_even(rows({1000: (10, 20), 4000: (10, 20)})) == NEVER
-
-
-@pytest.mark.parametrize("seed", (0, 1, 1234))
-def test_break_even_answer(seed):
-    ex = BreakEven(seed)
-    answer = ex.answer()
-    if ex.params["calc_thread"]:
-        # with a compute task APF pays off once the device is slower than what an async fault
-        # costs the vCPU (about 15 µs of host and guest work, apflab.costs): never at 1 µs,
-        # always by 20
-        assert answer in ex.params["latencies_ns"] and 2_000 <= answer <= 20_000
-    else:
-        assert answer == NEVER                  # alone, the walker has nothing to overlap
-    assert ex.check(answer)
-    if answer == NEVER:
-        assert ex.check("Never") and not ex.check(ex.params["latencies_ns"][-1])
-    else:
-        wrong = [v for v in ex.params["latencies_ns"] if v != answer]
-        assert not ex.check(wrong[0]) and not ex.check(NEVER)
-    assert not ex.check(None) and not ex.check(12_345)

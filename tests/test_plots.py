@@ -187,11 +187,13 @@ def test_model_vs_published(pair):
     rows = [{"key": "arm64_v3_compute", "off": off, "on": on},
             {"key": "x86_2010", "ours": 1.5}, {"key": "postcopy", "off": 100, "on": 150}]
     d = plots.published_data(rows)
-    assert d[0]["published"] == pytest.approx(64.8 / 108.4)
+    assert d[0]["published"] == pytest.approx(64_751 / 108_392)      # v3 cover letter, test [2]
     assert d[0]["ours"] == pytest.approx(on.elapsed_ns / off.elapsed_ns)
-    assert d[1]["published"] == pytest.approx(2.59 / 1.30) and d[1]["ours"] == 1.5
-    assert d[2]["published"] == pytest.approx(1.68) and d[2]["ours"] == 1.5
-    assert plots.published_data({"arm64_v3_no_compute": (off, on)})[0]["published"] == pytest.approx(0.98)
+    assert d[1]["published"] == pytest.approx(258_846_142_585 / 129_752_639_953) and d[1]["ours"] == 1.5
+    assert d[2]["published"] == pytest.approx(126 / 75) and d[2]["ours"] == 1.5
+    assert plots.published_data({"arm64_v3_no_compute": (off, on)})[0]["published"] == pytest.approx(59_911 / 61_399)
+    seeds = plots.published_data([{"key": "x86_2010", "pairs": [(10, 20), (10, 30)]}])[0]
+    assert (seeds["ours"], seeds["ours_min"], seeds["ours_max"], seeds["n"]) == (2.5, 2.0, 3.0, 2)
     fig = plots.model_vs_published(rows)
     assert [tr.name for tr in fig.data] == ["published", "apflab"]
     assert list(fig.data[1].y) == pytest.approx([round(x["ours"], 4) for x in d])
