@@ -1,11 +1,13 @@
-"""A second, minimal SDEI model, written from docs/REFERENCES.md ("SDEI") only.
+"""A second, minimal SDEI model, written from the specification (DEN0054C), TF-A's
+``sdei_state.c`` and the lab's documented choices (docs/REFERENCES.md, "SDEI" and
+"Departures"), never from apflab's own ``sdei.py``.
 
 The guest-level tests (``test_sdei_guest.py``) compute what the guest should
 observe with this model instead of trusting apflab's own ``sdei.py``. It has
 three parts:
 
-- ``TABLE``/``step``: the per-event state table, row for row as docs/REFERENCES.md
-  prints it (TF-A's ``sdei_state.c`` layout: X = DENIED, NOP = allowed, no change).
+- ``TABLE``/``step``: the per-event state table in TF-A's ``sdei_state.c`` layout
+  (X = DENIED, NOP = allowed, no change).
 - ``RefSdei``: one PE's SDEI dispatcher (calls, masking, pending triggers,
   priorities, the saved context), lab defaults or ``profile="kvm-v7"``.
 - ``expected_log``: runs a small guest script (``Call``, ``Mark``, ``Set``,
@@ -13,7 +15,7 @@ three parts:
   values the guest's result log should hold. The tests turn the same script
   into AArch64 assembly, so script and expectation cannot drift apart.
 
-Whatever docs/REFERENCES.md leaves open raises ``Unspecified``: a test that strays
+Whatever those sources leave open raises ``Unspecified``: a test that strays
 there fails loudly instead of pinning down an accident of the product.
 """
 

@@ -1,7 +1,8 @@
 """SDEI conformance from the guest's side: AArch64 code calls the host through ``hvc #0``.
 
-Every expectation comes from docs/REFERENCES.md ("SDEI") (lab defaults,
-or KVM v7's choices with ``profile="kvm-v7"``), through the independent model in
+Every expectation comes from DEN0054C, TF-A and the lab's documented choices
+(docs/REFERENCES.md, "SDEI" and "Departures"; KVM v7's choices with
+``profile="kvm-v7"``), through the independent model in
 ``sdei_ref.py``; none is read back from apflab's own SDEI tables. Most tests
 are *scripts*: one list of operations that becomes both the guest program (here)
 and the model's expected result log (``sdei_ref.expected_log``). The rest
