@@ -233,3 +233,20 @@ def test_case_words():
     assert describe_case("irq", s) == "design irq, kernel mode with SEND_ALWAYS and IRQs masked"
     assert describe_case("sdei", CLEAR_STATE) == "design sdei, user mode, nothing else in the way"
     assert describe_case("sdei", {**CLEAR_STATE, "outstanding": 1}).endswith("1 async fault outstanding")
+
+
+def test_the_diagram_shows_what_the_host_decides():
+    """assets/lab10-designs.svg is drawn by hand; its cells must be the host's answers."""
+    import re
+    from pathlib import Path
+    svg = (Path(__file__).resolve().parent.parent / "assets" / "lab10-designs.svg").read_text()
+    cells = dict(re.findall(r'id="cell-(\w+-\d)"[^>]*>([^<]+)<', svg))
+    rows = [{}, {"el": 1}, {"el": 1, "pstate_i": True}, {"el": 1, "pstate_i": True, "send_always": True}]
+    assert len(cells) == len(rows) * len(DESIGNS)
+    for i, change in enumerate(rows):
+        for design in DESIGNS:
+            state = {**CLEAR_STATE, **change}
+            if design == "halt":
+                state.update(apf_enabled=False, send_always=False)
+            expected = host_decision(design, state) or "async"
+            assert cells[f"{design}-{i}"] == expected, (design, change)

@@ -40,6 +40,8 @@ enabled, and is the fault in **user mode** (or did the guest ask for kernel-mode
 slot still full (`slot_busy`), are 64 faults outstanding (`queue_full`)? `halt` has no guest
 side, so "enabled" and "user mode" do not apply to it.
 
+![The host's first failing check, per design and situation](../assets/lab10-designs.svg)
+
 **The question from the review (2020).** SDEI events are not masked by PSTATE.I; that is
 their point. But the arm64 series sent "page not present" only for user-mode faults, and user
 mode runs with IRQs unmasked. So why not an ordinary interrupt? The lab answers with
