@@ -1,8 +1,8 @@
 """Lab 10 exercises: the delivery designs side by side.
 
 - ``FastestDesign``: for a seeded ``syscall_read``, which design finishes first?
-- ``FallbackCount``: for a seeded ``syscall_read``, how many faults does design Y send
-  down the synchronous path with reason X?
+- ``FallbackCount``: for a seeded ``syscall_read``, which faults does design Y (irq or halt)
+  send down the synchronous path, with which reason, how many?
 - ``FallbackPredicate``: the student writes the host's decision, ``can_be_async(design,
   state)``. The grader never restates the rules: it puts a real ``Machine`` in each
   state of a seeded catalogue (hypercalls the guest would make, SDEI dispatch, host-side
@@ -14,7 +14,6 @@ Every answer is computed with the machinery the lab uses (the OSTEP ``-c`` mode)
 from __future__ import annotations
 
 import random
-import struct
 
 from ..errors import ParameterError
 from . import CheckResult, Exercise
@@ -314,7 +313,8 @@ def machine_in_state(design: str, state: dict):
             raise ParameterError("setting up a pending SDEI event: it was dispatched at once")
 
     if s["page_inflight"]:
-        m.stage2.start_page_in(gpn, m.now_ns, m.host.rng)     # e.g. the host's own read-ahead
+        # Its read already runs (started host-side here; in a guest, by an earlier async fault).
+        m.stage2.start_page_in(gpn, m.now_ns, m.host.rng)
     if s["slot_busy"]:
         apf.write_block(OFF_REASON, PAGE_NOT_PRESENT)          # the guest has not consumed it yet
     if not s["host_offers_apf"]:
@@ -456,6 +456,8 @@ class FallbackPredicate(Exercise):
         return grade_predicate(fn, self._cases())
 
     def hint(self) -> str:
-        return ("Read ApfService.fallback_reason and each design's why_not in apflab/delivery/. Order "
-                "matters: the first check that fails names the reason. halt needs no guest (so neither "
-                "'enabled' nor 'kernel mode' applies to it); abort has no reason of its own.")
+        return ("Order matters: the first check that fails names the reason. The core's checks come "
+                "first (offered and enabled, user mode unless SEND_ALWAYS), then the design's own "
+                "(apflab.delivery.describe(design)['reasons'] lists them; for SDEI think of what blocks a "
+                "dispatch), then the page, the slot and the queue. halt needs no guest, so neither "
+                "'enabled' nor 'kernel mode' applies to it; abort has no reason of its own.")
