@@ -144,8 +144,9 @@ def test_a_correct_predicate_passes(seed):
     assert "agree with the host" in result.message
 
 
-def test_the_catalogue_reaches_every_reason_of_every_design():
-    cases = catalogue(7)
+@pytest.mark.parametrize("seed", [0, 7, 99])
+def test_the_catalogue_reaches_every_reason_of_every_design(seed):
+    cases = catalogue(seed)
     core = {"apf_disabled", "repeated_fault", "queue_full"}
     for design in DESIGNS:
         seen = {a for d, _s, a in cases if d == design}

@@ -336,12 +336,14 @@ _BLOCKERS = (("host_offers_apf", False), ("apf_enabled", False), ("el", 1), ("ps
              ("outstanding", 64))
 
 
-def _random_state(design: str, rng: random.Random) -> dict:
-    """A consistent state: the clear one with one to three blockers, then made consistent."""
+def _random_state(design: str, rng: random.Random, blockers=None) -> dict:
+    """A consistent state: the clear one with ``blockers`` (default: one to three drawn)."""
     s = dict(CLEAR_STATE)
     s["send_always"] = rng.random() < 0.5
     s["outstanding"] = rng.choice((0, 0, 1, 5, 63))
-    for key, value in rng.sample(_BLOCKERS, rng.randint(1, 3)):
+    if blockers is None:
+        blockers = rng.sample(_BLOCKERS, rng.randint(1, 3))
+    for key, value in blockers:
         s[key] = value
     if s["pstate_i"] or s["sdei_handler_running"]:
         s["el"] = 1
@@ -364,16 +366,23 @@ _LANDMARKS = ({}, {"el": 1, "pstate_i": True}, {"el": 1, "pstate_i": True, "send
               {"el": 1})
 
 
-def catalogue(seed: int, per_reason: int = 2, tries: int = 60) -> list[tuple[str, dict, str | None]]:
-    """Seeded cases ``(design, state, host's answer)``: the landmark cases, then up to
-    ``per_reason`` random ones for each answer a design gives. Answers: ``host_decision``."""
+def catalogue(seed: int, per_reason: int = 2, tries: int = 40) -> list[tuple[str, dict, str | None]]:
+    """Seeded cases ``(design, state, host's answer)``: the landmark cases, each blocker on its
+    own (so every reason a design has appears), then up to ``per_reason`` random ones with
+    several blockers for each answer a design gives. Answers: ``host_decision``."""
     rng = random.Random(seed)
     cases = []
     for design in DESIGNS:
+        states = []
         for change in _LANDMARKS:
             s = {**CLEAR_STATE, **change}
             if design == "halt":
                 s.update(apf_enabled=False, send_always=False)
+            states.append(s)
+        for b in _BLOCKERS:      # a kernel-mode blocker alone: with SEND_ALWAYS, so that it shows
+            kernel = b[0] in ("pstate_i", "sdei_handler_running")
+            states.append(_random_state(design, rng, [b] + ([("send_always", True)] if kernel else [])))
+        for s in states:
             if not any(s == c[1] and design == c[0] for c in cases):
                 cases.append((design, s, host_decision(design, s)))
         seen: dict = {}
