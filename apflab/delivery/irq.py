@@ -11,12 +11,14 @@ instruction first, and fault again on the same page. ``irq_window`` chooses:
 
 - ``"before_retry"`` (default): the IRQ is taken on entry, before the retry (what
   a GIC with the interrupt already pending at entry does in practice);
-- ``"after_retry"``: the instruction is retried first. The host must recognise the
-  second fault (same page, a not-present notice still undelivered) and re-enter
-  without stalling, so that the IRQ is taken then; the cost is one more exit per
-  async fault (``apf_refault`` in the trace). A host that did not would count a
-  "repeated_fault" and stall. Modelled by making the PPI visible only at that
-  second fault.
+- ``"after_retry"``: the instruction is retried first and faults again on the same
+  page, whose page-in is running; only then is the IRQ taken. The host must recognise
+  that second fault (same page, its notice not yet taken) and re-enter without
+  stalling; the cost is one more exit per async fault (``apf_refault`` in the trace). A
+  host that did not would count a "repeated_fault" and stall. The retry's outcome is
+  certain (the page is in flight), so the model charges that second exit and records
+  it when it raises the PPI, instead of letting the engine run the instruction again:
+  otherwise a tick taken first could leave the notice unraised for ever.
 
 The not-present PPI gets a higher priority than the tick and page-ready, so that it
 is taken before anything can switch away from the faulting task.
@@ -55,17 +57,14 @@ class IrqDelivery(Delivery):
         return "irq_masked" if vcpu.pstate & PSTATE_I else None
 
     def not_present(self, vcpu, work, fault) -> None:
-        if self.irq_window == "before_retry":
-            self.host.gic.pulse(self.intid)
-        else:
-            work.delivered = False       # the CPU will retry the instruction first
-
-    def refault(self, vcpu, work, fault) -> bool:
-        if work.delivered or fault.pc != work.pc:
-            return False
-        work.delivered = True
-        self.host.gic.pulse(self.intid)  # now taken, before the instruction runs again
-        return True
+        host = self.host
+        if self.irq_window == "after_retry":
+            # The retried instruction faults again at once: one more exit, seen as such.
+            host.trace.emit(host.now, "stage2_fault", gpn=fault.gpn, ipa=fault.ipa, access=fault.access,
+                            state="inflight", pc=fault.pc, el=fault.el)
+            host.charge(host.costs.fault_ns, what="stage2_fault")
+            host.trace.emit(host.now, "apf_refault", token=work.token, gpn=fault.gpn, design=self.name)
+        host.gic.pulse(self.intid)
 
     def discover(self, sub: int) -> int:
         from ..apf import ASYNC_PF_NP_IRQ
