@@ -12,29 +12,37 @@ from __future__ import annotations
 from .. import guest
 from ..machine import Machine
 from ..stage2 import PageState
-from . import CheckResult, Exercise
+from . import HINT_ON_REQUEST, CheckResult, Exercise
 
 NPAGES = 8                 # pages per walker: every first touch faults
 BUDGET = 5_000_000         # instructions: far more than the first faults need
 
 
-def build_guest(kinds, seed: int, *, tick_ns: int = guest.DEFAULT_TICK_NS):
+def build_guest(kinds, seed: int, *, tick_ns: int = guest.DEFAULT_TICK_NS, npages: int = NPAGES,
+                rounds: int = 1000, hole: tuple[str, str] | None = None):
     """Boot-ready machine for tasks ``kinds`` ("memtouch"/"compute"); returns (machine, symbols).
 
     Set up as the scenarios set up theirs: each walker's buffer holds its round-0 values and is
     pushed to SSD swap before the first instruction; the kernel is pinned; the host memory
-    limit leaves room for every buffer (only first touches fault).
+    limit leaves room for every buffer (only first touches fault). With ``rounds`` small the
+    walkers finish and the run stops when they have; ``hole=(region, code)`` puts student
+    code in a marked region of the kernel (``apflab.exercises.holes``).
     """
     tasks = []
     for i, kind in enumerate(kinds):
         if kind == "memtouch":
-            tasks.append(guest.memtouch(NPAGES, 1000, tag=i + 1, first_round=1, measured=False))
+            tasks.append(guest.memtouch(npages, rounds, tag=i + 1, first_round=1, measured=rounds < 1000))
         elif kind == "compute":
             tasks.append(guest.compute(measured=False))
         else:
             raise ValueError(f"task kind must be 'memtouch' or 'compute', got {kind!r}")
     m = Machine(seed=seed)
-    syms = m.load_asm(guest.build_source(tasks, tick_ns=tick_ns, apf_enable=True))
+    source = guest.build_source(tasks, tick_ns=tick_ns, apf_enable=True)
+    if hole is None:
+        syms = m.load_asm(source)
+    else:
+        from . import holes
+        syms = holes.load(m, source, *hole)
     guest.pin_kernel(m, syms)
     guest.attach(m, syms)
     for i, buf in enumerate(guest.task_buffers(tasks)):
@@ -45,7 +53,7 @@ def build_guest(kinds, seed: int, *, tick_ns: int = guest.DEFAULT_TICK_NS):
         for addr in buf:
             if m.page_state(addr) == PageState.RESIDENT:
                 m.evict(addr)
-    m.stage2.limit_pages = len(guest.kernel_pages(syms)) + NPAGES * len(kinds)
+    m.stage2.limit_pages = len(guest.kernel_pages(syms)) + npages * len(kinds)
     return m, syms
 
 
@@ -156,10 +164,10 @@ class FirstToken(Exercise):
                 return CheckResult(False, f"{value!r} is not a number.")
         if not isinstance(value, int) or isinstance(value, bool):
             return CheckResult(False, f"answer with an int (a token; hex like 0xN000 is fine), not {value!r}.")
-        expected = self.answer()
+        expected = self._expected()
         if value == expected:
             return CheckResult(True, f"{value:#x} is right.")
-        return CheckResult(False, f"{value:#x} is not it. {self.hint()}")
+        return CheckResult(False, f"{value:#x} is not it. " + HINT_ON_REQUEST)
 
     def hint(self) -> str:
         return ("KVM's token is (id << 12) | vcpu_id, and id counts the async faults the host has "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from ..scenarios import compare
-from . import CheckResult, Exercise
+from . import HINT_ON_REQUEST, CheckResult, Exercise
 
 TOLERANCE_POINTS = 8.0     # |guess - measured| in percentage points
 NEUTRAL_POINTS = 1.0       # below this a change counts as "no change": either sign is fine
@@ -53,15 +53,15 @@ class ApfPayoff(Exercise):
     def check(self, value) -> CheckResult:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return CheckResult(False, f"give a percentage as a number (e.g. -30 or 4), not {value!r}.")
-        expected = self.answer()
+        expected = self._expected()
         off_by = value - expected
         wrong_way = abs(expected) >= NEUTRAL_POINTS and value * expected < 0
         if wrong_way:
             return CheckResult(False, f"{value:+g}% points the wrong way: APF made the walk "
-                                      f"{'faster' if expected < 0 else 'slower'} here. {self.hint()}")
+                                      f"{'faster' if expected < 0 else 'slower'} here. " + HINT_ON_REQUEST)
         if abs(off_by) <= TOLERANCE_POINTS:
             return CheckResult(True, f"{value:+g}% is right: measured {expected:+.1f}%.")
-        return CheckResult(False, f"{value:+g}% is {abs(off_by):.0f} points off. {self.hint()}")
+        return CheckResult(False, f"{value:+g}% is {abs(off_by):.0f} points off. " + HINT_ON_REQUEST)
 
     def hint(self) -> str:
         return ("Ask first whether the guest has anything to run while the walker waits: without a "

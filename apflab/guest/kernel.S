@@ -900,6 +900,7 @@ apf_table_find_out:
 //      state becomes an IRQ exception from the task, and the IRQ path
 //      (IAR = 1023, need_resched = 1) switches to another task.  The task
 //      retries the faulting instruction when it runs again.
+// STUDENT-BEGIN page_not_present
 sdei_apf_entry:
 	mov	x17, x30
 	inc_l	sdei_dispatches, x4, x5
@@ -984,6 +985,7 @@ sdei_apf_returned:
 	mov	x0, #PANIC_UNEXPECTED
 	mov	x1, #-2
 	b	panic
+// STUDENT-END page_not_present
 
 // "Page ready": the PPI handler (called from handle_irq; any register may
 // be clobbered).
@@ -995,6 +997,7 @@ sdei_apf_returned:
 //   3. free the slot (token, then reason) and tell the host with
 //      ASYNC_PF IRQ_ACK: it lowers the PPI and may send the next one.
 //   (handle_irq then writes EOIR.)
+// STUDENT-BEGIN page_ready_irq
 apf_page_ready:
 	stp	x29, x30, [sp, #-16]!
 	adr	x20, apf_data
@@ -1061,6 +1064,7 @@ apf_page_ready_bad:
 	// but still ack so that a stuck line cannot storm.
 	inc_l	apf_bad_ready, x0, x1
 	b	apf_page_ready_irq_ack
+// STUDENT-END page_ready_irq
 
 // apf_wake_task: x0 = task index.  A parked task becomes runnable again;
 // clobbers x1-x3.
