@@ -37,9 +37,10 @@ def expect_register(p) -> int:
 
 
 def expect_fill(p) -> int:
-    slots = [0] * (p["n"] + 1)
+    per = p["stride"] // 8                      # slots between two stores
+    slots = [0] * ((p["n"] + 1) * per)
     for j in range(p["n"]):
-        slots[j + (p["mode"] == "pre")] = p["first"] + j * p["step"]
+        slots[(j + (p["mode"] == "pre")) * per] = p["first"] + j * p["step"]
     return slots[p["k"]]
 
 
@@ -136,7 +137,7 @@ def test_lab01_answers(seed):
     assert f"x0, #{ex.params['x0']}" in ex.question()
     ex2 = FillArray(seed)
     assert ex2.answer() == expect_fill(ex2.params)
-    assert ex2.check(ex2.answer()) and not ex2.check(ex2.answer() + ex2.params["step"])
+    assert ex2.check(ex2.answer()) and not ex2.check(ex2.answer() + ex2.params["step"] + 1)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -136,25 +136,35 @@ class FirstToken(Exercise):
     title = "Which token"
 
     def _draw(self, rng):
-        kinds = _draw_kinds(rng, n_memtouch_min=2)
-        walkers = [i for i, k in enumerate(kinds) if k == "memtouch" and i != 0]
-        return {"tasks": kinds, "task": rng.choice(walkers)}
+        # a compute task before the asked-about walker, so that "token = task << 12" is wrong
+        # (that rule of thumb passed on 36 of 60 seeds when any walker could be asked about)
+        while True:
+            kinds = _draw_kinds(rng, n_memtouch_min=2)
+            walkers = [i for i, k in enumerate(kinds) if k == "memtouch" and "compute" in kinds[:i]]
+            if walkers:
+                return {"tasks": kinds, "task": rng.choice(walkers), "nth": rng.choice((1, 2))}
 
     def question(self) -> str:
         return (f"[seed {self.seed}] Same guest kernel as before (round robin, 100 µs tick, a woken "
                 f"task asks for a reschedule), APF on, SSD swap (~50 µs a page), one vCPU (id 0):\n"
                 f"{_table(self.params['tasks'])}\n"
                 f"Task 0 runs first. What token does the host put in the shared block with task "
-                f"{self.params['task']}'s first \"page not present\"? (an int; hex is fine)")
+                f"{self.params['task']}'s {('first', 'second')[self.params['nth'] - 1]} \"page not "
+                f"present\"? (an int; hex is fine)"
+                + ("" if self.params["nth"] == 1 else " Page-in times are jittered: predict, then "
+                   "step the guest with run_until to check the order."))
 
     def _solve(self) -> int:
         m, _ = build_guest(self.params["tasks"], self.seed)
+        seen = 0
         while True:
             rec = m.run_until("apf_not_present", BUDGET)
             if rec is None or not hasattr(rec, "kind"):
                 raise RuntimeError("no page-not-present within the budget")
             if rec.get("task") == self.params["task"]:
-                return rec.get("token")
+                seen += 1
+                if seen == self.params["nth"]:
+                    return rec.get("token")
 
     def check(self, value) -> CheckResult:
         if isinstance(value, str):

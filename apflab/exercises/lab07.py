@@ -14,7 +14,9 @@ import math
 from ..scenarios import compare
 from . import HINT_ON_REQUEST, CheckResult, Exercise
 
-TOLERANCE_POINTS = 8.0     # |guess - measured| in percentage points
+TOLERANCE_POINTS = 3.0     # |guess - measured| in percentage points
+# (8 points until the rule of thumb "-30% with a compute task, +5% without" was found to pass
+# on 46 of 60 seeds; tests/test_rule_of_thumb.py keeps that below half)
 NEUTRAL_POINTS = 1.0       # below this a change counts as "no change": either sign is fine
 
 
@@ -24,10 +26,10 @@ class ApfPayoff(Exercise):
 
     def _draw(self, rng):
         return {"calc_thread": rng.random() < 0.6,
-                "latency_ns": rng.choice((10_000, 20_000, 50_000, 100_000, 150_000)),
+                "latency_ns": rng.choice((5_000, 10_000, 20_000, 50_000, 100_000, 150_000)),
                 "npages": rng.choice((32, 48, 64)),
                 "limit_pages": rng.choice((16, 24, 32, 48, 64, 96)),
-                "rounds": 2}
+                "rounds": rng.choice((1, 2, 3))}
 
     def scenario_params(self) -> dict:
         p = self.params
