@@ -46,7 +46,8 @@ class ApfPayoff(Exercise):
                 f"for the buffer.\n"
                 f"By how many percent does the walk's time change when APF is switched on? "
                 f"(a number: -30 means 30% faster, +5 means 5% slower; the right direction and "
-                f"within {TOLERANCE_POINTS:g} points counts)")
+                f"within {TOLERANCE_POINTS:g} points counts). Predict it first, then measure it: "
+                f"compare(\"memtouch\", seed=ex.seed, **ex.scenario_params()).")
 
     def _solve(self) -> float:
         off, on = compare("memtouch", seed=self.seed, **self.scenario_params())
