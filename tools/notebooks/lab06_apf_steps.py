@@ -76,7 +76,7 @@ def symbol_at(pc):              # the nearest label at or before pc, as label+of
     addr, name = max((a, n) for a, n in code_labels if a <= pc)
     return name if addr == pc else f"{name}+{pc - addr:#x}"
 
-ADDRESS_FIELDS = ("ipa", "pc", "gpa", "entry", "resume", "vector")
+ADDRESS_FIELDS = ("ipa", "pc", "gpa", "entry", "resume", "vector", "fid", "pstate", "esr", "token")   # shown in hex
 
 def show(records):
     for rec in records:
