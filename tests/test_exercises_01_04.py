@@ -1,5 +1,5 @@
 """Exercises of labs 01-04: each ``answer()`` (computed by running the guest) agrees with
-an independent computation written here from the question and PROTOCOLS.md; ``check``
+an independent computation written here from the question and the specs; ``check``
 accepts the answer in the forms a student would type and rejects a wrong one; the seed
 decides the variant, and the same seed always gives the same one."""
 
@@ -57,7 +57,7 @@ def expect_vector(p) -> int:
 
 
 def expect_owner(fid: int) -> str:
-    # PROTOCOLS.md section 1 and the SMCCC arch calls apflab implements.
+    # SMCCC (DEN0028) owner ranges and the arch calls apflab implements.
     if fid in (0x80000000, 0x80000001):
         return "arch"
     if 0xC4000020 <= fid <= 0xC400003F:
@@ -100,7 +100,7 @@ def expect_results(names) -> tuple[int, ...]:
 
 
 def expect_sdei(seq):
-    """PROTOCOLS.md section 2 for event 0 with a handler that only completes."""
+    """DEN0054C event states for event 0 with a handler that only completes."""
     state, masked, pending, handled, results = 0, True, False, 0, []
     for call in seq:
         if call.startswith("EVENT_REGISTER"):
