@@ -97,10 +97,15 @@ def test_autograde_solution_full_marks_skeleton_zero(tmp_path, monkeypatch):
 def test_classroom_mode_refuses_answer(monkeypatch):
     from apflab.exercises import ClassroomModeError
     from apflab.exercises.lab02 import PeriodicTick, WhichVector
+    from apflab.exercises import holes
+    from apflab.exercises.lab02 import tick_solution
     monkeypatch.setenv("APFLAB_CLASSROOM", "1")
     for ex in (WhichVector(5), PeriodicTick(5)):
         with pytest.raises(ClassroomModeError, match="classroom mode"):
             ex.answer()
+    for helper in (tick_solution, lambda: holes.reference("page_ready_irq")):
+        with pytest.raises(ClassroomModeError, match="switched off in classroom mode"):
+            helper()
     assert WhichVector(5).check(0x1234).correct is False      # checking still works
     monkeypatch.setenv("APFLAB_CLASSROOM", "0")
     assert WhichVector(5).answer() is not None

@@ -14,7 +14,7 @@ autograded notebook and gives the cell's points only when nothing was raised.
 What this cannot stop: the simulator is open source and runs in the student's kernel, so a
 student can always run the experiment (for "measure" exercises that is the exercise) or copy
 the grader's code. It stops the one-line shortcuts (``ex.answer()``, the private
-``_expected``/``_solve``, ``holes.reference``) and a seed that is not the student's.
+``_expected``/``_solve``, ``holes.reference``, ``tick_solution``) and a seed that is not the student's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from . import CheckResult, Exercise
 
 ROSTER_ENV = "APFLAB_ROSTER"      # CSV "student_id,seed": seeds the instructor handed out
 SHORTCUTS = re.compile(r"\.answer\s*\(|\._expected\s*\(|\._solve\s*\(|holes\.reference\s*\(|"
-                       r"TICK_SOLUTION|\._answer\b")
+                       r"tick_solution\s*\(|_TICK_SOLUTION|\._answer\b")
 
 
 def _student_id(cwd: Path) -> str | None:

@@ -35,7 +35,13 @@ def names(source: str | None = None) -> list[str]:
 
 
 def reference(name: str) -> str:
-    """The kernel's own code for region ``name``: what a complete solution does."""
+    """The kernel's own code for region ``name``: what a complete solution does.
+
+    Refuses in classroom mode. (The kernel's source ships with apflab, since every lab runs
+    it: a student who opens apflab/guest/kernel.S can still read it; docs/INSTRUCTORS.md
+    says so.)"""
+    from . import refuse_in_classroom
+    refuse_in_classroom(f"holes.reference({name!r})")
     src = kernel_source()
     i, j = _span(src, name)
     return src[i:j]

@@ -10,7 +10,7 @@ offset.
 from __future__ import annotations
 
 from ..machine import Machine
-from . import CheckResult, Exercise
+from . import CheckResult, Exercise, refuse_in_classroom
 
 # What the guest executes for each kind of synchronous exception.
 _TRIGGERS = {
@@ -211,7 +211,7 @@ TICK_SKELETON = """\
     eret
 """
 
-TICK_SOLUTION = """\
+_TICK_SOLUTION = """\
     mrs  x9, s3_0_c12_c12_0     // ICC_IAR1_EL1: acknowledge, x9 = INTID
     cmp  x9, #27
     b.ne 2f
@@ -228,6 +228,12 @@ TICK_SOLUTION = """\
 """
 
 
+def tick_solution() -> str:
+    """A complete periodic-tick handler (the worked solution); refuses in classroom mode."""
+    refuse_in_classroom("tick_solution()")
+    return _TICK_SOLUTION
+
+
 class PeriodicTick(Exercise):
     """Build it: a periodic virtual-timer interrupt handler, graded by running it."""
     title = "Build a periodic tick"
@@ -241,7 +247,7 @@ class PeriodicTick(Exercise):
         return TICK_SKELETON
 
     def _solve(self) -> str:
-        return TICK_SOLUTION
+        return _TICK_SOLUTION
 
     def question(self) -> str:
         p = self.params

@@ -2,7 +2,7 @@
 
 from nbformat.v4 import new_code_cell as code, new_markdown_cell as md
 
-from apflab.exercises.lab02 import TICK_SOLUTION, PeriodicTick
+from apflab.exercises.lab02 import PeriodicTick, tick_solution
 from notebooks.common import expected_time, graded, predict, solution
 
 LAB = "labs/02-exceptions.ipynb"
@@ -276,7 +276,7 @@ EX3_STUDENT = [
 EX3_SOLUTION = [
     md("""**Worked solution.** Acknowledge, move the deadline on *from the previous deadline* (from
 `CNTVCT_EL0` it would drift by the handler's latency every tick), count, end the interrupt."""),
-    solution("lab02-tick", "", 'my_handler = """\\\n' + TICK_SOLUTION + '"""'),
+    solution("lab02-tick", "", 'my_handler = """\\\n' + tick_solution() + '"""'),
     graded("lab02-tick-check", 3, "ex3", "PeriodicTick", "apflab.exercises.lab02", "my_handler"),
 ]
 
