@@ -1,7 +1,8 @@
 """nbgrader end to end on lab 02: the solution notebook is the nbgrader source; `generate_assignment`
 strips solutions and hidden tests; `autograde` (in classroom mode, where `answer()` refuses)
-gives the solution full marks, the released skeleton zero, and a skeleton run as is zero with
-the grader's words in the autograded notebook."""
+gives the solution full marks, the released skeleton zero, a skeleton run as is zero with
+the grader's words in the autograded notebook, and a notebook that asks the library for the
+answers zero."""
 
 import os
 import shutil
@@ -34,7 +35,11 @@ def grade_cells(nb):
     return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells if "nbgrader" in c.metadata}
 
 
-def submission(release, source, student: str, fill: bool, drop_raise: bool = False):
+CHEATS = {"lab02-syndrome": "my_answer = ex._expected()", "lab02-vector": "my_answer2 = ex2._expected()",
+          "lab02-tick": "my_handler = ex3._expected()"}
+
+
+def submission(release, source, student: str, fill: bool, drop_raise: bool = False, cheat: bool = False):
     nb = nbformat.read(release, 4)
     src_cells = grade_cells(nbformat.read(source, 4))
     for c in nb.cells:
@@ -44,6 +49,8 @@ def submission(release, source, student: str, fill: bool, drop_raise: bool = Fal
         if meta.get("solution"):
             if fill:
                 c.source = src_cells[meta["grade_id"]].source
+            elif cheat:                     # the private method works in classroom mode...
+                c.source = CHEATS[meta["grade_id"]]
             elif drop_raise and meta["grade_id"] == "lab02-tick":
                 # a student who runs the skeleton as it is
                 from apflab.exercises.lab02 import PeriodicTick
@@ -67,7 +74,8 @@ def test_autograde_solution_full_marks_skeleton_zero(tmp_path, monkeypatch):
     assert "BEGIN SOLUTION" not in text and "raise NotImplementedError" in text
     assert "cntv_cval_el0, x11" not in text                 # the tick solution is gone
 
-    students = {"1234": dict(fill=True), "1235": dict(fill=False), "1236": dict(fill=False, drop_raise=True)}
+    students = {"1234": dict(fill=True), "1235": dict(fill=False), "1236": dict(fill=False, drop_raise=True),
+                "1237": dict(fill=False, cheat=True)}
     for student, how in students.items():
         d = course / "submitted" / student / "lab02"
         d.mkdir(parents=True)
@@ -80,7 +88,7 @@ def test_autograde_solution_full_marks_skeleton_zero(tmp_path, monkeypatch):
         scores = {s: gb.find_submission("lab02", s) for s in students}
         got = {s: (sub.score, sub.max_score) for s, sub in scores.items()}
     assert got["1234"][0] == got["1234"][1] == 5, got
-    assert got["1235"][0] == 0 and got["1236"][0] == 0, got
+    assert got["1235"][0] == 0 and got["1236"][0] == 0 and got["1237"][0] == 0, got
 
     def errors(student):
         nb = nbformat.read(course / "autograded" / student / "lab02" / "lab02.ipynb", 4)
@@ -92,6 +100,9 @@ def test_autograde_solution_full_marks_skeleton_zero(tmp_path, monkeypatch):
     e = errors("1236")
     assert "never read ICC_IAR1_EL1" in e["lab02-tick-check"]     # the grader's words reach the student
     assert not any(errors("1234").values())
+    e = errors("1237")                                          # ...but the hidden tests see it
+    assert all("asks the library for the answer" in e[g] for g in
+               ("lab02-syndrome-check", "lab02-vector-check", "lab02-tick-check")), e
 
 
 def test_classroom_mode_refuses_answer(monkeypatch):
