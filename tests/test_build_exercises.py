@@ -89,4 +89,6 @@ def test_periodic_tick_grader():
     assert "ICC_EOIR1_EL1 was never written" in ex.check(noeoi).message
     typo = tick_solution().replace("cmp  x9, #27", "cmpp x9, #27")
     assert "line 2:" in ex.check(typo).message
+    clobber = tick_solution().replace("adr  x12, ticks", "adr  x12, ticks\n    mov  x20, #0")
+    assert "register x20 was clobbered" in ex.check(clobber).message
     assert not ex.check(None)

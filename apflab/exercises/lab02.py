@@ -281,7 +281,7 @@ class PeriodicTick(Exercise):
         return {"finished": stop is not None, "ticks": rd("ticks"), "first_cval": rd("first_cval"),
                 "last_cval": rd("last_cval"), "irqs": m.trace.counts.get("irq", 0),
                 "acks": m.trace.counts.get("irq_ack", 0), "eois": m.trace.counts.get("irq_eoi", 0),
-                "irq_times": irq_times}
+                "irq_times": irq_times, "x20": m.reg("x20")}
 
     def check(self, code) -> CheckResult:
         from ..errors import AsmError
@@ -310,6 +310,10 @@ class PeriodicTick(Exercise):
         if gaps and min(gaps) < period // 2 and r["irqs"] <= 2 * max(r["ticks"], 1) + 2:
             problems.append(f"an interrupt came back {min(gaps)} ns after the one before, not one "
                             f"period ({period} ns) later: the deadline was not moved into the future.")
+        if r["x20"] != wanted:
+            problems.append(f"register x20 was clobbered: the interrupted loop keeps its limit "
+                            f"({wanted}) there, and found {r['x20']:#x} after your handler ran. "
+                            f"Use x9-x15.")
         if not r["finished"]:
             problems.append(f"`ticks` reached {r['ticks']} of {wanted} within "
                             f"{self.BUDGET_PER_TICK * wanted:,} instructions.")
