@@ -118,8 +118,12 @@ def test_classroom_mode_refuses_answer(monkeypatch):
         with pytest.raises(ClassroomModeError, match="switched off in classroom mode"):
             helper()
     assert WhichVector(5).check(0x1234).correct is False      # checking still works
+    from apflab.exercises.lab05 import PredictStall
+    msg = PredictStall(3).check(1.0).message                  # but says neither how far nor which way
+    assert "not within 20%" in msg and "off" not in msg and "-" not in msg.split("(")[0]
     monkeypatch.setenv("APFLAB_CLASSROOM", "0")
     assert WhichVector(5).answer() is not None
+    assert "-71% off" in PredictStall(3).check(1.0).message     # self-study: the detail helps
 
 
 def test_grading_refuses_shortcuts_and_foreign_seeds(tmp_path):

@@ -41,6 +41,12 @@ def refuse_in_classroom(what: str) -> None:
             f"seed on their side.")
 
 
+def miss(detail: str, plain: str) -> str:
+    """A failed numeric check's message: ``detail`` (how far off, which way) in self-study;
+    ``plain`` in classroom mode, where "18% too high" would give the answer away in one call."""
+    return (plain if classroom() else detail) + " " + HINT_ON_REQUEST
+
+
 @dataclass
 class CheckResult:
     correct: bool

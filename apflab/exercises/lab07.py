@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from ..scenarios import compare
-from . import HINT_ON_REQUEST, CheckResult, Exercise
+from . import CheckResult, Exercise, miss
 
 TOLERANCE_POINTS = 3.0     # |guess - measured| in percentage points
 # (8 points until the rule of thumb "-30% with a compute task, +5% without" was found to pass
@@ -60,11 +60,12 @@ class ApfPayoff(Exercise):
         off_by = value - expected
         wrong_way = abs(expected) >= NEUTRAL_POINTS and value * expected < 0
         if wrong_way:
-            return CheckResult(False, f"{value:+g}% points the wrong way: APF made the walk "
-                                      f"{'faster' if expected < 0 else 'slower'} here. " + HINT_ON_REQUEST)
+            return CheckResult(False, miss(f"{value:+g}% points the wrong way: APF made the walk "
+                                           f"{'faster' if expected < 0 else 'slower'} here.",
+                                           f"{value:+g}% is not it."))
         if abs(off_by) <= TOLERANCE_POINTS:
             return CheckResult(True, f"{value:+g}% is right: measured {expected:+.1f}%.")
-        return CheckResult(False, f"{value:+g}% is {abs(off_by):.0f} points off. " + HINT_ON_REQUEST)
+        return CheckResult(False, miss(f"{value:+g}% is {abs(off_by):.0f} points off.", f"{value:+g}% is not it."))
 
     def hint(self) -> str:
         return ("Ask first whether the guest has anything to run while the walker waits: without a "
