@@ -4,10 +4,16 @@
     .venv/bin/python tools/make_notebooks.py lab05      # the modules whose name contains "lab05"
 
 Each module in tools/notebooks/ defines LAB (path), CELLS, and optionally SOLUTION and
-SOLUTION_CELLS. Outputs stored in the notebooks are what nbval compares on `make test`.
+SOLUTION_CELLS. Every notebook is executed here, so a cell that fails stops the build. Student
+notebooks (labs/) are then stored *without* outputs, so students predict before they run
+(`make test` runs them with `--nbval-lax`); solutions (labs/solutions/) keep their outputs,
+which nbval compares on `make test`. Image links are written relative to the notebook's own
+folder, so the solutions' diagrams resolve too.
 """
 
 import importlib
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -18,7 +24,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 
-def build(path: Path, cells) -> None:
+ASSETS = ROOT / "assets"
+
+
+def relink_assets(cells, folder: Path) -> None:
+    """Point ``../assets/x.svg`` links (written for labs/) at assets/ from ``folder``."""
+    rel = Path(os.path.relpath(ASSETS, folder)).as_posix()
+    for c in cells:
+        if c.cell_type == "markdown":
+            c.source = re.sub(r"\]\((?:\.\./)+assets/", f"]({rel}/", c.source)
+
+
+def build(path: Path, cells, *, keep_outputs: bool = True) -> None:
+    cells = [nbformat.from_dict(dict(c)) for c in cells]     # copies: labs and solutions share cells
+    relink_assets(cells, path.parent)
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
@@ -30,6 +49,8 @@ def build(path: Path, cells) -> None:
     for i, c in enumerate(nb.cells):       # keep diffs small: no timings, stable ids
         c.metadata.pop("execution", None)
         c["id"] = f"{path.stem[:2]}-{i:02d}"
+        if not keep_outputs and c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     print("wrote", path.relative_to(ROOT))
@@ -43,6 +64,6 @@ def modules(filters):
 
 if __name__ == "__main__":
     for mod in modules(sys.argv[1:]):
-        build(ROOT / mod.LAB, mod.CELLS)
+        build(ROOT / mod.LAB, mod.CELLS, keep_outputs=False)
         if getattr(mod, "SOLUTION", None):
             build(ROOT / mod.SOLUTION, mod.SOLUTION_CELLS)

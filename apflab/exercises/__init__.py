@@ -4,15 +4,47 @@ Each exercise takes a student seed and draws its own variant from a private
 ``random.Random(seed)``; ``params`` echoes what was drawn; ``answer()`` computes
 the expected result with the same machinery the student uses (the OSTEP ``-c``
 "compute the answer" mode); ``check(value)`` says whether a value is right and
-why not; ``hint()`` nudges without giving it away.
+why not; ``hint()`` nudges without giving it away, and only when asked for.
+
+Classroom mode (``APFLAB_CLASSROOM=1`` in the environment, set by the instructor in
+the hub image): ``answer()`` refuses, and grading happens on the instructor's side
+(``apflab.exercises.grading``, used by nbgrader's hidden tests) from the student's seed.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 
 from ..errors import ParameterError
+
+
+CLASSROOM_ENV = "APFLAB_CLASSROOM"
+HINT_ON_REQUEST = "(ex.hint() gives a hint.)"
+
+
+def classroom() -> bool:
+    """True when the instructor switched on classroom mode (APFLAB_CLASSROOM=1)."""
+    return os.environ.get(CLASSROOM_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class ClassroomModeError(PermissionError):
+    """Raised by the "compute the answer" helpers in classroom mode."""
+
+
+def refuse_in_classroom(what: str) -> None:
+    if classroom():
+        raise ClassroomModeError(
+            f"{what} is switched off in classroom mode ({CLASSROOM_ENV}=1): work the answer out and "
+            f"test it with ex.check(...); ex.hint() gives a hint. Your instructor grades from your "
+            f"seed on their side.")
+
+
+def miss(detail: str, plain: str) -> str:
+    """A failed numeric check's message: ``detail`` (how far off, which way) in self-study;
+    ``plain`` in classroom mode, where "18% too high" would give the answer away in one call."""
+    return (plain if classroom() else detail) + " " + HINT_ON_REQUEST
 
 
 @dataclass
@@ -57,16 +89,21 @@ class Exercise:
         raise NotImplementedError
 
     def answer(self):
-        """Compute the expected answer (the "-c" mode)."""
+        """Compute the expected answer (the "-c" mode); refuses in classroom mode."""
+        refuse_in_classroom("ex.answer()")
+        return self._expected()
+
+    def _expected(self):
+        """The expected answer, computed once; what ``check`` and the graders compare with."""
         if self._answer is None:
             self._answer = self._solve()
         return self._answer
 
     def check(self, value) -> CheckResult:
-        expected = self.answer()
+        expected = self._expected()
         if _same(value, expected):
             return CheckResult(True, f"{value} is right.")
-        return CheckResult(False, f"{value!r} is not it. {self.hint()}")
+        return CheckResult(False, f"{value!r} is not it. " + HINT_ON_REQUEST)
 
     def hint(self) -> str:
         return ""

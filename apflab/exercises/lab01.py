@@ -75,14 +75,17 @@ class FillArray(Exercise):
 
     def _draw(self, rng):
         n = rng.randrange(3, 7)
+        stride = rng.choice((8, 16))
         return {"mode": rng.choice(self.MODES), "first": rng.randrange(1, 20),
-                "step": rng.randrange(2, 9), "n": n, "k": rng.randrange(0, n)}
+                "step": rng.randrange(2, 9), "n": n, "stride": stride,
+                "k": rng.randrange(0, (n + 1) * stride // 8)}
 
     def source(self) -> str:
         p = self.params
-        store = (("1:  str  x0, [x3], #8", "post-index: store at x3, then x3 += 8")
+        d = p["stride"]
+        store = ((f"1:  str  x0, [x3], #{d}", f"post-index: store at x3, then x3 += {d}")
                  if p["mode"] == "post" else
-                 ("1:  str  x0, [x3, #8]!", "pre-index: x3 += 8, then store at x3"))
+                 (f"1:  str  x0, [x3, #{d}]!", f"pre-index: x3 += {d}, then store at x3"))
         return _asm([
             ("_start:", ""),
             ("adr  x3, buf", "x3 = address of buf"),
@@ -94,8 +97,11 @@ class FillArray(Exercise):
             ("b.ne 1b", ""),
             ("brk  #0", ""),
             (".balign 8", "8-byte align what follows"),
-            (f"buf: .space {8 * (p['n'] + 1)}", f"{p['n'] + 1} zeroed 64-bit slots"),
+            (f"buf: .space {self.slots() * 8}", f"{self.slots()} zeroed 64-bit slots"),
         ])
+
+    def slots(self) -> int:
+        return (self.params["n"] + 1) * self.params["stride"] // 8
 
     def question(self) -> str:
         return (f"[seed {self.seed}] After this guest stops, what does "
@@ -108,8 +114,9 @@ class FillArray(Exercise):
         return m.read_u64(syms["buf"] + 8 * self.params["k"])
 
     def hint(self) -> str:
+        d = self.params["stride"]
         if self.params["mode"] == "pre":
-            return ("With `[x3, #8]!` the base register moves *before* the store: the first value "
-                    "lands at buf + 8, and buf + 0 is never written.")
-        return ("With `[x3], #8` the store uses x3 as it is, then moves it: slot i (at buf + 8*i) "
-                "holds the value x0 had in iteration i, counting from 0.")
+            return (f"With `[x3, #{d}]!` the base register moves *before* the store: the first value "
+                    f"lands at buf + {d}, and buf + 0 is never written. Slots no store reaches stay 0.")
+        return (f"With `[x3], #{d}` the store uses x3 as it is, then moves it {d} bytes on: the "
+                f"value of iteration i (from 0) lands at buf + {d}*i. Slots no store reaches stay 0.")

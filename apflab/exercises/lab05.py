@@ -13,7 +13,7 @@ import math
 
 from ..backing import HDD_JITTER, SSD_JITTER
 from ..scenarios import run_scenario
-from . import CheckResult, Exercise
+from . import HINT_ON_REQUEST, CheckResult, Exercise, miss
 
 TOLERANCE = 0.20          # relative: |guess - measured| <= 20% of measured
 
@@ -64,14 +64,14 @@ class PredictStall(Exercise):
     def check(self, value) -> CheckResult:
         guess = _number(value)
         if guess is None:
-            return CheckResult(False, f"give a number of milliseconds, not {value!r}. {self.hint()}")
-        expected = self.answer()
+            return CheckResult(False, f"give a number of milliseconds, not {value!r}. " + HINT_ON_REQUEST)
+        expected = self._expected()
         err = (guess - expected) / expected
         if abs(err) <= TOLERANCE:
             return CheckResult(True, f"{guess:g} ms is within {err:+.1%} of the measured "
                                      f"{expected:g} ms.")
-        return CheckResult(False, f"{guess:g} ms is {err:+.0%} off (more than {TOLERANCE:.0%}). "
-                                  f"{self.hint()}")
+        return CheckResult(False, miss(f"{guess:g} ms is {err:+.0%} off (more than {TOLERANCE:.0%}).",
+                                       f"{guess:g} ms is not within {TOLERANCE:.0%} of the measured stall."))
 
     def hint(self) -> str:
         return ("Stall ≈ (faults needing I/O) × (mean read time). Every page starts in swap, so the "

@@ -12,30 +12,38 @@ from __future__ import annotations
 from .. import guest
 from ..machine import Machine
 from ..stage2 import PageState
-from . import CheckResult, Exercise
+from . import HINT_ON_REQUEST, CheckResult, Exercise
 
 NPAGES = 8                 # pages per walker: every first touch faults
 BUDGET = 5_000_000         # instructions: far more than the first faults need
 
 
-def build_guest(kinds, seed: int, *, tick_ns: int = guest.DEFAULT_TICK_NS):
+def build_guest(kinds, seed: int, *, tick_ns: int = guest.DEFAULT_TICK_NS, npages: int = NPAGES,
+                rounds: int = 1000, hole: tuple[str, str] | None = None):
     """Boot-ready machine for tasks ``kinds`` ("memtouch"/"compute"); returns (machine, symbols).
 
     Set up as the scenarios set up theirs: each walker's buffer holds its round-0 values and is
     pushed to SSD swap before the first instruction; the kernel is pinned; the host memory
-    limit leaves room for every buffer (only first touches fault).
+    limit leaves room for every buffer (only first touches fault). With ``rounds`` small the
+    walkers finish and the run stops when they have; ``hole=(region, code)`` puts student
+    code in a marked region of the kernel (``apflab.exercises.holes``).
     """
     tasks = []
     for i, kind in enumerate(kinds):
         if kind == "memtouch":
-            tasks.append(guest.memtouch(NPAGES, 1000, tag=i + 1, first_round=1, measured=False))
+            tasks.append(guest.memtouch(npages, rounds, tag=i + 1, first_round=1, measured=rounds < 1000))
         elif kind == "compute":
             tasks.append(guest.compute(measured=False))
         else:
             raise ValueError(f"task kind must be 'memtouch' or 'compute', got {kind!r}")
     m = Machine(seed=seed)
     # The puzzle is plain round robin: a woken task waits for its turn (no wake-up preemption).
-    syms = m.load_asm(guest.build_source(tasks, tick_ns=tick_ns, apf_enable=True, wake_preempt=False))
+    source = guest.build_source(tasks, tick_ns=tick_ns, apf_enable=True, wake_preempt=False)
+    if hole is None:
+        syms = m.load_asm(source)
+    else:
+        from . import holes
+        syms = holes.load(m, source, *hole)
     guest.pin_kernel(m, syms)
     guest.attach(m, syms)
     for i, buf in enumerate(guest.task_buffers(tasks)):
@@ -46,7 +54,7 @@ def build_guest(kinds, seed: int, *, tick_ns: int = guest.DEFAULT_TICK_NS):
         for addr in buf:
             if m.page_state(addr) == PageState.RESIDENT:
                 m.evict(addr)
-    m.stage2.limit_pages = len(guest.kernel_pages(syms)) + NPAGES * len(kinds)
+    m.stage2.limit_pages = len(guest.kernel_pages(syms)) + npages * len(kinds)
     return m, syms
 
 
@@ -129,25 +137,35 @@ class FirstToken(Exercise):
     title = "Which token"
 
     def _draw(self, rng):
-        kinds = _draw_kinds(rng, n_memtouch_min=2)
-        walkers = [i for i, k in enumerate(kinds) if k == "memtouch" and i != 0]
-        return {"tasks": kinds, "task": rng.choice(walkers)}
+        # a compute task before the asked-about walker, so that "token = task << 12" is wrong
+        # (that rule of thumb passed on 36 of 60 seeds when any walker could be asked about)
+        while True:
+            kinds = _draw_kinds(rng, n_memtouch_min=2)
+            walkers = [i for i, k in enumerate(kinds) if k == "memtouch" and "compute" in kinds[:i]]
+            if walkers:
+                return {"tasks": kinds, "task": rng.choice(walkers), "nth": rng.choice((1, 2))}
 
     def question(self) -> str:
         return (f"[seed {self.seed}] Same guest kernel as before (round robin, 100 µs tick, a woken "
                 f"task asks for a reschedule), APF on, SSD swap (~50 µs a page), one vCPU (id 0):\n"
                 f"{_table(self.params['tasks'])}\n"
                 f"Task 0 runs first. What token does the host put in the shared block with task "
-                f"{self.params['task']}'s first \"page not present\"? (an int; hex is fine)")
+                f"{self.params['task']}'s {('first', 'second')[self.params['nth'] - 1]} \"page not "
+                f"present\"? (an int; hex is fine)"
+                + ("" if self.params["nth"] == 1 else " Page-in times are jittered: predict, then "
+                   "step the guest with run_until to check the order."))
 
     def _solve(self) -> int:
         m, _ = build_guest(self.params["tasks"], self.seed)
+        seen = 0
         while True:
             rec = m.run_until("apf_not_present", BUDGET)
             if rec is None or not hasattr(rec, "kind"):
                 raise RuntimeError("no page-not-present within the budget")
             if rec.get("task") == self.params["task"]:
-                return rec.get("token")
+                seen += 1
+                if seen == self.params["nth"]:
+                    return rec.get("token")
 
     def check(self, value) -> CheckResult:
         if isinstance(value, str):
@@ -157,10 +175,10 @@ class FirstToken(Exercise):
                 return CheckResult(False, f"{value!r} is not a number.")
         if not isinstance(value, int) or isinstance(value, bool):
             return CheckResult(False, f"answer with an int (a token; hex like 0xN000 is fine), not {value!r}.")
-        expected = self.answer()
+        expected = self._expected()
         if value == expected:
             return CheckResult(True, f"{value:#x} is right.")
-        return CheckResult(False, f"{value:#x} is not it. {self.hint()}")
+        return CheckResult(False, f"{value:#x} is not it. " + HINT_ON_REQUEST)
 
     def hint(self) -> str:
         return ("KVM's token is (id << 12) | vcpu_id, and id counts the async faults the host has "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from ..scenarios import run_scenario
-from . import CheckResult, Exercise
+from . import CheckResult, Exercise, miss
 
 TOLERANCE = 0.05          # relative
 LINKS = {"1 GbE": 125_000_000, "2.5 GbE": 312_500_000, "10 GbE": 1_250_000_000}
@@ -50,11 +50,12 @@ class MigrationTime(Exercise):
     def check(self, value) -> CheckResult:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return CheckResult(False, f"give a number of milliseconds, not {value!r}.")
-        expected = self.answer()
+        expected = self._expected()
         err = (value - expected) / expected
         if abs(err) <= TOLERANCE:
             return CheckResult(True, f"{value:g} ms is within {err:+.1%} of the measured {expected:g} ms.")
-        return CheckResult(False, f"{value:g} ms is {err:+.0%} off (more than {TOLERANCE:.0%}). {self.hint()}")
+        return CheckResult(False, miss(f"{value:g} ms is {err:+.0%} off (more than {TOLERANCE:.0%}).",
+                                       f"{value:g} ms is not within {TOLERANCE:.0%} of the measured time."))
 
     def hint(self) -> str:
         return ("Each page is sent exactly once, demanded or streamed, and the link is never idle "

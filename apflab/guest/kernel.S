@@ -1149,6 +1149,7 @@ apf_np_park_bad:
 //      state becomes an IRQ exception from the task, and the IRQ path
 //      (IAR = 1023, need_resched = 1) switches to another task.  The task
 //      retries the faulting instruction when it runs again.
+// STUDENT-BEGIN page_not_present
 sdei_apf_entry:
 	mov	x17, x30
 	// Linux's SDEI entry (do_sdei_event, arch/arm64/kernel/sdei.c) first reads
@@ -1257,6 +1258,7 @@ sdei_apf_returned:
 	mov	x0, #PANIC_UNEXPECTED
 	mov	x1, #-2
 	b	panic
+// STUDENT-END page_not_present
 // DESIGN-END sdei
 
 // DESIGN-BEGIN apf
@@ -1270,6 +1272,7 @@ sdei_apf_returned:
 //   3. free the slot (token, then reason) and tell the host with
 //      ASYNC_PF IRQ_ACK: it lowers the PPI and may send the next one.
 //   (handle_irq then writes EOIR.)
+// STUDENT-BEGIN page_ready_irq
 apf_page_ready:
 	stp	x29, x30, [sp, #-16]!
 	adr	x20, apf_data
@@ -1343,6 +1346,7 @@ apf_page_ready_bad:
 	// but still ack so that a stuck line cannot storm.
 	inc_l	apf_bad_ready, x0, x1
 	b	apf_page_ready_irq_ack
+// STUDENT-END page_ready_irq
 
 // apf_wake_task: x0 = task index.  A parked task becomes runnable again;
 // clobbers x1-x3.

@@ -2,6 +2,8 @@
 
 from nbformat.v4 import new_code_cell as code, new_markdown_cell as md
 
+from notebooks.common import expected_time, graded, predict, solution
+
 LAB = "labs/00-welcome.ipynb"
 SOLUTION = "labs/solutions/00-welcome.ipynb"
 
@@ -16,7 +18,12 @@ CELLS = [
 **How to use the labs.** Run the cells from top to bottom (Shift-Enter). Every number you
 see comes from a deterministic run: the same seed gives the same trace, byte for byte, so
 your results match your classmates' when you use the same seed, and differ when you use
-your own."""),
+your own.
+
+The notebooks come without outputs: before each key experiment a **Predict:** cell asks you
+to write down what you expect. Do that first, then run, then explain the difference.
+
+""" + expected_time(30, "count the instructions (predict)")),
     md("""## The story in one picture
 
 A guest task touches a page the host has swapped out. Without APF the host freezes the
@@ -50,6 +57,9 @@ cost of the hypercall (an exit to the host and back). Time in apflab is never wa
 
 `run_scenario` runs a whole experiment: a guest kernel with a task that walks a buffer
 larger than the host's memory limit, next to a compute task. Compare APF off and on."""),
+    *predict("With APF on, will the walk finish sooner, later, or at the same time? And will the "
+             "compute task get more work done, less, or the same?", "predicted",
+             '("sooner/later/same", "more/less/same")'),
     code("""off, on = apflab.compare("memtouch", seed=0, calc_thread=True, npages=128, limit_pages=32)
 for r in (off, on):
     print(f"APF {'on ' if r.apf else 'off'}: walk took {r.elapsed_ns/1e6:6.2f} ms, "
@@ -68,10 +78,11 @@ ex = CountInstructions(SEED)
 print(ex.question())"""),
     code("""my_answer = None                 # <- replace None with your number
 ex.check(my_answer)"""),
-    md("""Stuck? `ex.hint()` gives a hint, and `ex.answer()` computes the answer by running the
-guest (what an instructor uses to grade, like the OSTEP simulators' `-c` flag).
+    md("""Stuck? `ex.hint()` gives a hint (only when you ask). In self-study, `ex.answer()` computes
+the answer by running the guest, like the OSTEP simulators' `-c` flag; in a class your
+instructor switches that off (classroom mode) and grades from your seed with nbgrader.
 The solution notebook is `labs/solutions/00-welcome.ipynb`."""),
-    code("""ex.hint()"""),
+    code("""# ex.hint()                      # uncomment when you want a hint"""),
     md("""## Summary
 
 - The machine runs real AArch64 code; the hypervisor is Python you can read.
@@ -79,16 +90,16 @@ The solution notebook is `labs/solutions/00-welcome.ipynb`."""),
 - APF turns host stall time into guest run time, when the guest has something else to run."""),
 ]
 
-SOLUTION_CELLS = CELLS[:8] + [
+SOLUTION_CELLS = CELLS[:11] + [
     code("""from apflab.exercises import CountInstructions
 
 SEED = 1234
 ex = CountInstructions(SEED)
-n, body = ex.params["n"], ex.params["body"]
+print(ex.question())"""),
+    solution("lab00-count", "", """n, body = ex.params["n"], ex.params["body"]
 my_answer = 2 + n * (body + 2) + 1      # set-up, iterations, brk
 print(n, body, my_answer)"""),
-    code("""assert ex.check(my_answer), ex.check(my_answer)
-ex.check(my_answer)"""),
+    graded("lab00-count-check", 1, "ex", "CountInstructions", "apflab.exercises", "my_answer"),
 ]
 
 

@@ -2,6 +2,8 @@
 
 from nbformat.v4 import new_code_cell as code, new_markdown_cell as md
 
+from notebooks.common import expected_time, graded, predict, solution
+
 LAB = "labs/01-aarch64.ipynb"
 SOLUTION = "labs/solutions/01-aarch64.ipynb"
 
@@ -12,7 +14,9 @@ TEACH = [
 1. name the exception levels (EL0, EL1, EL2) and say which part of apflab runs at each;
 2. read the registers of the guest from Python: `x0`–`x30`, `sp`, `pc`, and PSTATE, and decode `CurrentEL` and PSTATE;
 3. write, run and step a small guest program with loads, stores and a loop, and read its memory back with `m.read_u64`;
-4. say what `brk #0` means in apflab, and read the error messages for a typo and for a runaway loop."""),
+4. say what `brk #0` means in apflab, and read the error messages for a typo and for a runaway loop.
+
+""" + expected_time(60, "predict a register (predict), read memory back (predict)")),
     md("""## Who runs where
 
 An Arm CPU runs code at one of several *exception levels*. Higher levels are more privileged:
@@ -29,7 +33,8 @@ fault on a page the host has taken away, a `brk #0`), unicorn stops and Python t
     md("""## The machine and its registers
 
 `apflab.Machine(seed)` builds one vCPU with 16 MiB of guest RAM at `0x40000000` (where QEMU's
-and kvmtool's `virt` boards put it). `load_asm` assembles a program and puts the PC on its
+`virt` board puts it; kvmtool's arm64 guests have theirs at `0x80000000`, its
+`ARM_MEMORY_AREA`). `load_asm` assembles a program and puts the PC on its
 `_start` label, at EL1. The program below only reads system state into registers:
 `CurrentEL` (the current exception level), `DAIF` (the interrupt masks) and the stack pointer."""),
     code("""import apflab
@@ -47,8 +52,11 @@ print(f"CurrentEL = {m.reg('x0'):#x}  ->  EL{m.reg('x0') >> 2}")
 print(f"DAIF      = {m.reg('x1'):#x}")
 print(f"sp        = {m.reg('x2'):#x}  (the top of guest RAM)")
 print(f"pstate    = {m.reg('pstate'):#x}")"""),
-    md("""`CurrentEL` keeps the level in bits [3:2], so `0x4` means EL1. PSTATE `0x3c5` is the
-value a CPU has right after reset or after taking an exception to EL1: the four mask bits
+    md("""`CurrentEL` keeps the level in bits [3:2], so `0x4` means EL1. PSTATE `0x3c5` is the state
+apflab starts a guest in — the value KVM gives a vCPU at reset (`VCPU_RESET_PSTATE_EL1` in
+arch/arm64/kvm/reset.c), and the state after taking an exception to EL1h. It is not the
+architectural reset state of a CPU, which comes out of reset in its highest implemented
+exception level (EL3 or EL2), not EL1. In `0x3c5` the four mask bits
 D, A, I and F (bits 9:6) are set, so no interrupt can arrive, and the mode field M[3:0] is
 `0b0101`, **EL1h**: EL1 using its own stack pointer `SP_EL1` (the "h" is for "handler";
 `EL1t` would use `SP_EL0`). Let us take the number apart in Python:"""),
@@ -96,6 +104,8 @@ table: .quad 10, 20, 30, 40
 total: .quad 0
 ''')
 print({name: hex(addr) for name, addr in syms.items()})"""),
+    *predict("How many instructions does this program retire up to and including `brk #0`, and "
+             "what will `total` hold?", "predicted", "(None, None)   # (instructions, total)"),
     md("""Before running it to the end, **step** it: `m.step(1)` runs one instruction.
 `m.vcpu.disasm_at(pc)` shows the instruction at an address (capstone prints the resolved
 address of `adr`)."""),
@@ -174,8 +184,9 @@ EX1_INTRO = [
     md("""## Exercise 1: predict a register
 
 Put your own seed (for example your student number) in `SEED`. The exercise draws a small
-program from it. Work out the value of `x0` on paper, then check it. `ex.answer()` computes
-the answer by running the same program on the machine (what an instructor uses to grade)."""),
+program from it. Work out the value of `x0` on paper, then check it. In self-study,
+`ex.answer()` computes the answer by running the same program on the machine; in a class it is
+switched off and your instructor grades from your seed."""),
     code("""from apflab.exercises.lab01 import PredictRegister
 
 SEED = 1234                      # <- your seed
@@ -185,27 +196,27 @@ print(ex.question())"""),
 EX1_STUDENT = [
     code("""my_answer = None                 # <- replace None with your value
 ex.check(my_answer)"""),
-    code("""print(ex.hint())"""),
+    code("""# print(ex.hint())               # uncomment when you want a hint"""),
 ]
 EX1_SOLUTION = [
     md("""**Worked solution.** Follow the loop in Python, one row per iteration, exactly as the
 program does it; then compare with the machine."""),
-    code("""p = ex.params
+    solution("lab01-register", "", """p = ex.params
 x0, x1 = p["x0"], p["x1"]
 for i in range(p["n"]):
     x0 = {"add": x0 + x1, "sub": x0 - x1, "eor": x0 ^ x1}[p["op"]]
     print(f"iteration {i}: {p['op']} with x1={x1} -> x0={x0}")
     x1 += p["step"]
-my_answer = x0
-assert ex.check(my_answer), ex.check(my_answer)
-ex.check(my_answer)"""),
+my_answer = x0"""),
+    graded("lab01-register-check", 1, "ex", "PredictRegister", "apflab.exercises.lab01", "my_answer"),
 ]
 
 EX2_INTRO = [
     md("""## Exercise 2: read memory back
 
 This time the loop writes into an array. Which value does a given slot hold after the run?
-Watch the addressing mode: post-index `[x3], #8` and pre-index `[x3, #8]!` differ by one slot."""),
+Watch the addressing mode — post-index `[x3], #d` and pre-index `[x3, #d]!` differ by one
+store — and the stride `d`: with 16 every other slot is skipped."""),
     code("""from apflab.exercises.lab01 import FillArray
 
 ex2 = FillArray(SEED)
@@ -214,19 +225,20 @@ print(ex2.question())"""),
 EX2_STUDENT = [
     code("""my_answer2 = None                # <- replace None with your value
 ex2.check(my_answer2)"""),
-    code("""print(ex2.hint())"""),
+    code("""# print(ex2.hint())              # uncomment when you want a hint"""),
 ]
 EX2_SOLUTION = [
     md("""**Worked solution.** Slot *i* of `buf` is at `buf + 8*i`. With post-index the store in
-iteration *j* goes to slot *j*; with pre-index it goes to slot *j + 1*, and slot 0 stays 0."""),
-    code("""p = ex2.params
-slots = [0] * (p["n"] + 1)
+iteration *j* goes to `buf + d*j`; with pre-index to `buf + d*(j + 1)`. Slots no store reaches
+stay 0."""),
+    solution("lab01-memory", "", """p = ex2.params
+per = p["stride"] // 8
+slots = [0] * ((p["n"] + 1) * per)
 for j in range(p["n"]):
-    slots[j if p["mode"] == "post" else j + 1] = p["first"] + j * p["step"]
-print(p["mode"], "slots:", slots)
-my_answer2 = slots[p["k"]]
-assert ex2.check(my_answer2), ex2.check(my_answer2)
-ex2.check(my_answer2)"""),
+    slots[(j if p["mode"] == "post" else j + 1) * per] = p["first"] + j * p["step"]
+print(p["mode"], p["stride"], "slots:", slots)
+my_answer2 = slots[p["k"]]"""),
+    graded("lab01-memory-check", 1, "ex2", "FillArray", "apflab.exercises.lab01", "my_answer2"),
 ]
 
 SUMMARY = [
@@ -234,7 +246,8 @@ SUMMARY = [
 
 - EL0 runs user code, EL1 the kernel; in apflab EL2 is Python, and unicorn runs EL0 and EL1.
 - `CurrentEL` holds the level in bits [3:2]; PSTATE holds the flags, the DAIF masks and the
-  mode (EL1h = `0b0101`). After reset the guest is at EL1h with every interrupt masked.
+  mode (EL1h = `0b0101`). The machine starts the guest at EL1h with every interrupt masked
+  (as KVM starts a vCPU; a real CPU resets into its highest EL).
 - `load_asm` returns the symbols; `run`, `step`, `reg`, `set_reg` and `read_u64` are how Python
   drives and inspects the guest.
 - `brk #0` is apflab's "stop and return to Python"; other `brk` immediates are real exceptions.

@@ -2,6 +2,9 @@
 
 from nbformat.v4 import new_code_cell as code, new_markdown_cell as md
 
+from apflab.exercises.lab02 import PeriodicTick, tick_solution
+from notebooks.common import expected_time, graded, predict, solution
+
 LAB = "labs/02-exceptions.ipynb"
 SOLUTION = "labs/solutions/02-exceptions.ipynb"
 
@@ -17,7 +20,10 @@ TEACH = [
 4. decode an exception syndrome by hand and with `apflab.cpu.decode_esr`.
 
 These are the tools of every later lab: the SDEI events of lab 04 and the "page ready"
-interrupt of the APF labs arrive the same way."""),
+interrupt of the APF labs arrive the same way.
+
+""" + expected_time(75, "decode a syndrome (predict), which vector (predict), build a periodic "
+                    "tick handler (build)")),
     md("""## The vector table
 
 When the CPU takes an exception to EL1 it jumps into a table whose base the kernel writes to
@@ -168,6 +174,9 @@ line falls when the timer is switched off, and the handler ends the interrupt.""
 deleted, the timer line stays high after the EOI, and the interrupt is taken again as soon as
 the `eret` unmasks IRQs: an *interrupt storm*. Each entry costs injection time and handler
 instructions."""),
+    *predict("With the `msr cntv_ctl_el0, xzr` line deleted, how many IRQs does the guest take during "
+             "1000 loop iterations (a few thousand nanoseconds)? One, a handful, or hundreds?",
+             "predicted_irqs"),
     code("""work = TIMER.replace("    ldr  x1, ticks\\n    cbz  x1, 1b                 // until the handler has run\\n",
                      "    cmp  x19, #1000\\n    b.ne 1b                     // 1000 iterations of work\\n")
 storm = work.replace("    msr  cntv_ctl_el0, xzr      // timer off: its line goes low\\n", "")
@@ -208,15 +217,14 @@ print(ex.question())"""),
 EX1_STUDENT = [
     code("""my_answer = None                 # <- a tuple (ec, imm)
 ex.check(my_answer)"""),
-    code("""print(ex.hint())"""),
+    code("""# print(ex.hint())               # uncomment when you want a hint"""),
 ]
 EX1_SOLUTION = [
     md("""**Worked solution.** Shift and mask; then name the class with `decode_esr` to be sure."""),
-    code("""esr = ex.esr()
+    solution("lab02-syndrome", "", """esr = ex.esr()
 my_answer = ((esr >> 26) & 0x3F, esr & 0xFFFF)
-print(f"EC={my_answer[0]:#x} imm={my_answer[1]:#x}  ({decode_esr(esr)})")
-assert ex.check(my_answer), ex.check(my_answer)
-ex.check(my_answer)"""),
+print(f"EC={my_answer[0]:#x} imm={my_answer[1]:#x}  ({decode_esr(esr)})")"""),
+    graded("lab02-syndrome-check", 1, "ex", "DecodeSyndrome", "apflab.exercises.lab02", "my_answer"),
 ]
 
 EX2_INTRO = [
@@ -233,16 +241,43 @@ print(ex2.question())"""),
 EX2_STUDENT = [
     code("""my_answer2 = None                # <- an offset such as 0x80
 ex2.check(my_answer2)"""),
-    code("""print(ex2.hint())"""),
+    code("""# print(ex2.hint())              # uncomment when you want a hint"""),
 ]
 EX2_SOLUTION = [
     md("""**Worked solution.** Pick the group of four from the origin, then the entry from the kind."""),
-    code("""group = {"el1t": 0x000, "el1h": 0x200, "el0": 0x400}[ex2.params["origin"]]
+    solution("lab02-vector", "", """group = {"el1t": 0x000, "el1h": 0x200, "el0": 0x400}[ex2.params["origin"]]
 entry = {"sync": 0x000, "irq": 0x080}[ex2.params["kind"]]
 my_answer2 = group + entry
-print(ex2.describe(), "->", hex(my_answer2))
-assert ex2.check(my_answer2), ex2.check(my_answer2)
-ex2.check(my_answer2)"""),
+print(ex2.describe(), "->", hex(my_answer2))"""),
+    graded("lab02-vector-check", 1, "ex2", "WhichVector", "apflab.exercises.lab02", "my_answer2"),
+]
+
+EX3_INTRO = [
+    md("""## Exercise 3 (build it): a periodic tick
+
+The timer guest above stopped the timer after one interrupt. A kernel wants a *periodic* tick:
+every `period` nanoseconds, for ever. Write the IRQ handler at `VBAR_EL1 + 0x280` for it. The
+grader puts your code after the label `irq_el1h` of a guest whose main loop runs until `ticks`
+reaches your seed's count, runs it on virtual time with an instruction budget, and tells you
+what went wrong: no acknowledge, no end of interrupt, a storm, a deadline that drifts.
+
+Start from the skeleton: it assembles and runs (and fails the check, saying why). Edit the
+string in the next cell: fill the TODOs with instructions."""),
+    code("""from apflab.exercises.lab02 import PeriodicTick
+
+ex3 = PeriodicTick(SEED)
+print(ex3.question())
+print(ex3.skeleton())"""),
+]
+EX3_STUDENT = [
+    code('my_handler = """\\\n' + PeriodicTick(0).skeleton() + '"""\nex3.check(my_handler)'),
+    code("""# print(ex3.hint())              # uncomment when you want a hint"""),
+]
+EX3_SOLUTION = [
+    md("""**Worked solution.** Acknowledge, move the deadline on *from the previous deadline* (from
+`CNTVCT_EL0` it would drift by the handler's latency every tick), count, end the interrupt."""),
+    solution("lab02-tick", "", 'my_handler = """\\\n' + tick_solution() + '"""'),
+    graded("lab02-tick-check", 3, "ex3", "PeriodicTick", "apflab.exercises.lab02", "my_handler"),
 ]
 
 SUMMARY = [
@@ -263,5 +298,6 @@ Next, lab 03 looks at the exception that goes *up* to the hypervisor: `hvc #0`.
 The solution notebook is `labs/solutions/02-exceptions.ipynb`."""),
 ]
 
-CELLS = TEACH + EX1_INTRO + EX1_STUDENT + EX2_INTRO + EX2_STUDENT + SUMMARY
-SOLUTION_CELLS = TEACH + EX1_INTRO + EX1_SOLUTION + EX2_INTRO + EX2_SOLUTION + SUMMARY
+CELLS = TEACH + EX1_INTRO + EX1_STUDENT + EX2_INTRO + EX2_STUDENT + EX3_INTRO + EX3_STUDENT + SUMMARY
+SOLUTION_CELLS = (TEACH + EX1_INTRO + EX1_SOLUTION + EX2_INTRO + EX2_SOLUTION + EX3_INTRO + EX3_SOLUTION
+                  + SUMMARY)

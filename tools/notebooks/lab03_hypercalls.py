@@ -2,6 +2,8 @@
 
 from nbformat.v4 import new_code_cell as code, new_markdown_cell as md
 
+from notebooks.common import expected_time, graded, predict, solution
+
 LAB = "labs/03-hypercalls.ipynb"
 SOLUTION = "labs/solutions/03-hypercalls.ipynb"
 
@@ -13,10 +15,13 @@ TEACH = [
 2. take a 32-bit SMCCC function ID apart (fast call, SMC64, owner, function number) and
    say which service owns it;
 3. probe the hypervisor: SMCCC_VERSION, an unknown ID (-1), and the KVM vendor features
-   bitmap whose bit 2 announces asynchronous page faults;
+   bitmap whose bit 2 announces asynchronous page faults (in the unmerged arm64 APF series'
+   numbering: mainline Linux gives bit 2 to pKVM's HYP_MEMINFO);
 4. measure what a hypercall costs in virtual time, and change that cost.
 
-Everything the APF guest kernel of the later labs asks the host goes through this door."""),
+Everything the APF guest kernel of the later labs asks the host goes through this door.
+
+""" + expected_time(60, "who answers (predict), predict the results (predict)")),
     md("""## One instruction, one convention
 
 `hvc #0` traps from EL1 to EL2, the hypervisor. What the call *means* is fixed by Arm's
@@ -103,7 +108,12 @@ in `x0`, not an exception: the guest asked politely and got a polite no."""),
 A guest cannot assume its hypervisor offers APF: it asks. KVM's vendor-hypervisor
 service answers `0x86000000` (HYP_KVM_FEATURES) with a bitmap of what it offers; bit 2 is
 ASYNC_PF. Then `0x86000002` (ASYNC_PF) with a sub-function in `x1` tells the details the
-guest needs (labs 05–08 use all of them)."""),
+guest needs (labs 05–08 use all of them).
+
+That numbering is the unmerged arm64 APF patch series' (`ARM_SMCCC_KVM_FUNC_ASYNC_PF 2` in
+its include/linux/arm-smccc.h; an earlier version of the series used 1), which the lab
+follows. Mainline Linux never merged it: there function 2 of the KVM vendor service is
+`ARM_SMCCC_KVM_FUNC_HYP_MEMINFO`, a pKVM call. A real guest must not read bit 2 as APF."""),
     code("""features = hypercall(0x86000000)
 print(f"features bitmap = {features:#b}: ASYNC_PF {'offered' if features >> 2 & 1 else 'not offered'}")
 for sub, what in ((0, "VERSION"), (1, "SLOTS (outstanding faults per vCPU)"),
@@ -120,6 +130,9 @@ Every exit to the hypervisor costs time the guest does not get to use. apflab ch
 fixed, documented cost per exit (`apflab.HostCosts`: 1 µs per hypercall by default, between
 the ~6,400 cycles measured on non-VHE KVM/arm and ~1,000 with VHE). The time is accounted to
 the `host` mode of the trace's breakdown. Ten calls in a loop:"""),
+    *predict("A loop makes ten `SMCCC_VERSION` hypercalls. How many microseconds of virtual time "
+             "does it take with the default costs, and with `hvc_ns=6400`?", "predicted_us",
+             "(None, None)"),
     code("""from apflab import HostCosts
 
 def ten_calls(costs=None):
@@ -150,8 +163,7 @@ EX1_INTRO = [
     md("""## Exercise 1: who answers?
 
 Your seed picks four function IDs. For each, say which service of the lab hypervisor answers
-it: `"arch"`, `"sdei"`, `"kvm"` or `"none"`. Read the bits; do not ask the router (that is
-what `ex.answer()` does)."""),
+it: `"arch"`, `"sdei"`, `"kvm"` or `"none"`. Read the bits; do not ask the router."""),
     code("""from apflab.exercises.lab03 import WhoAnswers
 
 SEED = 1234                      # <- your seed
@@ -161,12 +173,12 @@ print(ex.question())"""),
 EX1_STUDENT = [
     code("""my_answer = None                 # <- e.g. ["sdei", "none", "arch", "kvm"]
 ex.check(my_answer)"""),
-    code("""print(ex.hint())"""),
+    code("""# print(ex.hint())               # uncomment when you want a hint"""),
 ]
 EX1_SOLUTION = [
     md("""**Worked solution.** Apply the ranges of the figure: arch 0x80000000–0x80000001, SDEI
 0xC4000020–0xC4000032, KVM vendor 0x86000000–0x8600FFFF, nothing else."""),
-    code("""def owner_of(fid):
+    solution("lab03-owner", "", """def owner_of(fid):
     if 0x80000000 <= fid <= 0x80000001:
         return "arch"
     if 0xC4000020 <= fid <= 0xC4000032:
@@ -176,9 +188,8 @@ EX1_SOLUTION = [
     return "none"
 
 my_answer = [owner_of(fid) for fid in ex.params["fids"]]
-print(my_answer)
-assert ex.check(my_answer), ex.check(my_answer)
-ex.check(my_answer)"""),
+print(my_answer)"""),
+    graded("lab03-owner-check", 1, "ex", "WhoAnswers", "apflab.exercises.lab03", "my_answer"),
 ]
 
 EX2_INTRO = [
@@ -194,12 +205,12 @@ print(ex2.question())"""),
 EX2_STUDENT = [
     code("""my_answer2 = None                # <- a list of four ints
 ex2.check(my_answer2)"""),
-    code("""print(ex2.hint())"""),
+    code("""# print(ex2.hint())               # uncomment when you want a hint"""),
 ]
 EX2_SOLUTION = [
     md("""**Worked solution.** Reason about each call with what this lab showed; the PE mask is the
 only state that carries from one call to the next in this pool."""),
-    code("""masked = True                    # SDEI: a PE starts masked
+    solution("lab03-results", "", """masked = True                    # SDEI: a PE starts masked
 def predict(name):
     global masked
     table = {"SMCCC_VERSION": 0x10001, "SMCCC_ARCH_FEATURES(SMCCC_VERSION)": 0,
@@ -217,9 +228,8 @@ def predict(name):
     return table[name]
 
 my_answer2 = [predict(name) for name in ex2.params["calls"]]
-print(list(zip(ex2.params["calls"], my_answer2)))
-assert ex2.check(my_answer2), ex2.check(my_answer2)
-ex2.check(my_answer2)"""),
+print(list(zip(ex2.params["calls"], my_answer2)))"""),
+    graded("lab03-results-check", 1, "ex2", "PredictResults", "apflab.exercises.lab03", "my_answer2"),
 ]
 
 SUMMARY = [
@@ -230,7 +240,8 @@ SUMMARY = [
 - The ID carries its owner in bits [29:24] and its calling convention in bits 31 and 30: SDEI
   is standard-secure SMC64 (`0xC4000020`–`0xC400003F`), KVM's vendor service SMC32
   (`0x86000000`+).
-- A guest discovers APF by asking: HYP_KVM_FEATURES bit 2, then the ASYNC_PF sub-functions.
+- A guest discovers APF by asking: HYP_KVM_FEATURES bit 2 (the unmerged series' numbering),
+  then the ASYNC_PF sub-functions.
 - Each hypercall costs virtual time (`HostCosts.hvc_ns`, 1 µs by default), accounted as `host`
   time in the trace.
 

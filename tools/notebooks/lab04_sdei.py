@@ -2,6 +2,8 @@
 
 from nbformat.v4 import new_code_cell as code, new_markdown_cell as md
 
+from notebooks.common import expected_time, graded, predict, solution
+
 LAB = "labs/04-sdei.ipynb"
 SOLUTION = "labs/solutions/04-sdei.ipynb"
 
@@ -19,12 +21,19 @@ TEACH = [
 5. show a critical event preempting a normal handler, and a normal one waiting.
 
 Async page faults deliver "page not present" as SDEI event 1, so all of this is the
-machinery of the next labs."""),
+machinery of the next labs.
+
+""" + expected_time(75, "follow an SDEI event (predict)")),
     md("""## What SDEI is
 
 The **Software Delegated Exception Interface** (Arm DEN0054C) lets firmware — or, here, a
-hypervisor — deliver *events* into a kernel. An event is not an interrupt: PSTATE.I does not
-mask it, and the GIC is not involved. The kernel registers a handler address for an event
+hypervisor — deliver *events* into a kernel. To the kernel an event is not an interrupt:
+PSTATE.I does not mask it, and the kernel (the SDEI *client*) never touches the GIC for it.
+Underneath, firmware's events usually *are* GIC interrupts: a shared or private interrupt
+bound to an event with `SDEI_INTERRUPT_BIND`, or event 0, which Trusted Firmware-A raises as
+an SGI; firmware takes them at EL3 and turns them into events. In apflab the hypervisor
+raises its events directly (and lab 09 asks why the APF notice needs SDEI rather than an
+interrupt). The kernel registers a handler address for an event
 number with hypercalls; when the event fires, the hypervisor saves the interrupted `x0`–`x17`,
 PC and PSTATE and enters the handler directly at EL1 with every interrupt masked:
 `x0` = event number, `x1` = the argument given at registration, `x2` = interrupted PC,
@@ -159,16 +168,20 @@ print(f"EVENT_CONTEXT(7) -> x7 : {log[4]}")"""),
     code("""for rec in m.trace.records:
     if rec.kind.startswith("sdei"):
         f = dict(rec.fields)
-        for k in ("pc", "entry", "pstate"):
+        for k in ("pc", "entry", "pstate", "resume", "fid"):     # addresses and PSTATE in hex
             if k in f and f[k] is not None:
                 f[k] = hex(f[k])
         print(f"t={rec.t_ns:5d}  {rec.kind:13s} {f}")"""),
     md("""## Masking and pending
 
 What if the event is signalled while the PE is masked? SIGNAL still succeeds, and the
-event stays **pending** (lab default, KVM's behaviour; TF-A would refuse the call). It is
+event stays **pending** (the lab's model). TF-A's `sdei_signal` also returns success: it
+raises the SGI bound to event 0 and leaves the rest to its dispatcher. The pending event is
 delivered the moment the PE is unmasked — inside the `PE_UNMASK` call, before the
 instruction after it runs. This guest counts its handler's runs."""),
+    *predict("The guest signals event 0 while the PE is masked, stops, then unmasks. What does "
+             "EVENT_SIGNAL return, and when does the handler run: never, at once, or at the "
+             "unmask?", "predicted", "(None, None)   # (SIGNAL's result, when)"),
     code("""PENDING_DEMO = r'''
 _start:
     ldr  x0, =0xC4000021        // EVENT_REGISTER(0, handler)
@@ -292,6 +305,8 @@ completes. At that stop, Python plays the host: it moves PC past the `brk` **fir
 raise dispatches at once, and saves the PC as the place to come back to), then raises
 event 2. (The handlers advance `x20`, the log pointer, on purpose so the log shows the
 order; a real handler must preserve `x18`–`x30`.)"""),
+    *predict("A normal handler is running when the critical event 2 and another normal event "
+             "arrive. In which order do the three handlers finish?", "predicted_order", "None"),
     code("""NESTING = r'''
 _start:
     adr  x20, log
@@ -391,15 +406,15 @@ print(ex.question())"""),
 EX_STUDENT = [
     code("""my_answer = None                 # <- ([r1, r2, r3, r4, r5, r6], status, handled)
 ex.check(my_answer)"""),
-    code("""print(ex.hint())"""),
-    md("""Want to see the guest? `print(ex.source())` shows the assembly `ex.answer()` runs."""),
+    code("""# print(ex.hint())               # uncomment when you want a hint"""),
+    md("""Want to see the guest? `print(ex.source())` shows the assembly the check runs."""),
 ]
 EX_SOLUTION = [
     md("""**Worked solution.** Walk the sequence with three pieces of state: the event's state
 (from the table), the PE mask, and whether a signal is pending. After every call, deliver
 the pending signal if the event is enabled (state 3) and the PE unmasked; the handler's
 COMPLETE takes the event from 7 back to 3."""),
-    code("""state, masked, pending, handled = 0, True, False, 0
+    solution("lab04-sequence", "", """state, masked, pending, handled = 0, True, False, 0
 results = []
 for call in ex.params["sequence"]:
     if call.startswith("EVENT_REGISTER"):
@@ -421,9 +436,8 @@ for call in ex.params["sequence"]:
         pending, handled = False, handled + 1
     print(f"{call:28s} -> {r:3d}   state={state} masked={masked} pending={pending}")
 my_answer = (results, state, handled)
-print(my_answer)
-assert ex.check(my_answer), ex.check(my_answer)
-ex.check(my_answer)"""),
+print(my_answer)"""),
+    graded("lab04-sequence-check", 2, "ex", "SdeiSequence", "apflab.exercises.lab04", "my_answer"),
 ]
 
 SUMMARY = [

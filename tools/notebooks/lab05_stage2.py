@@ -2,6 +2,8 @@
 
 from nbformat.v4 import new_code_cell as code, new_markdown_cell as md
 
+from notebooks.common import expected_time, graded, predict, solution
+
 LAB = "labs/05-stage2-faults.ipynb"
 SOLUTION = "labs/solutions/05-stage2-faults.ipynb"
 
@@ -14,7 +16,9 @@ TEACH = [
    (`stage2_fault`, `page_in_start`, `page_in_done`, `stall`);
 3. explain why a missing page stops the whole vCPU when the host handles it synchronously;
 4. measure how the stall per fault follows the swap device's latency, and how a host
-   memory limit turns a working set that does not fit into a fault on every touch."""),
+   memory limit turns a working set that does not fit into a fault on every touch.
+
+""" + expected_time(60, "predict the stall (predict)")),
     md("""## Two stages of translation
 
 A guest kernel translates its virtual addresses to what it believes are physical addresses:
@@ -60,7 +64,7 @@ m.evict(DATA)
 print("after evict:           ", m.page_state(DATA).name, "| the host still reads", m.read_u64(DATA))"""),
     md("""Now run the guest and print what the trace recorded. `show` is a small helper used
 in the rest of the lab: one line per trace record, time in virtual nanoseconds."""),
-    code("""ADDRESS_FIELDS = ("ipa", "pc", "gpa", "entry", "resume", "vector")
+    code("""ADDRESS_FIELDS = ("ipa", "pc", "gpa", "entry", "resume", "vector", "fid", "pstate", "esr", "token")   # shown in hex
 
 def show(records):
     for rec in records:
@@ -99,6 +103,9 @@ else to run, each fault stalls the vCPU for one read. Let us try the stores apfl
 (`apflab.backing` documents where each figure comes from): an NVMe SSD (50 µs median,
 lognormal spread σ = 0.3), the same SSD made faster or slower with `latency_ns`, and a
 7200 rpm disk (13 ms median, σ = 0.35)."""),
+    *predict("A 64-page walk, two rounds, 32 frames for the buffer, APF off: how many faults, and "
+             "how long is the stall per fault on the default SSD (50 µs median): below, at or "
+             "above 50 µs?", "predicted", "(None, None)   # (faults, µs per fault)"),
     code("""import math
 from apflab import backing
 from apflab.scenarios import run_scenario
@@ -137,7 +144,9 @@ Why did a 64-page walk fault 128 times? The host's memory limit (like a memory c
 left 32 frames for the buffer. Every page starts in swap, so the first round faults on all
 64; bringing page 33 in evicts the oldest resident page (FIFO), and so on. When the second
 round starts, page 0 is long gone again. Sweep the limit and count the faults of a
-three-round walk:"""),
+three-round walk."""),
+    *predict("For a 3-round walk over 64 pages, how many faults with a limit of 48, 63 and 64 "
+             "frames?", "predicted_faults", "{48: None, 63: None, 64: None}"),
     code("""from apflab.sweep import sweep
 
 rows = sweep("memtouch", {"limit_pages": [16, 32, 48, 63, 64, 96]}, apf=(False,),
@@ -171,9 +180,9 @@ ex = PredictStall(SEED)
 print(ex.question())"""),
     code("""my_answer = None                 # <- your prediction, in ms
 ex.check(my_answer)"""),
-    md("""`ex.hint()` nudges; `ex.answer()` runs the scenario and gives the measured value
-(what an instructor grades with)."""),
-    code("""ex.hint()"""),
+    md("""`ex.hint()` nudges when you ask; in self-study `ex.answer()` runs the scenario and gives
+the measured value (switched off in classroom mode)."""),
+    code("""# ex.hint()                      # uncomment when you want a hint"""),
     md("""## Summary
 
 - A stage-2 fault is the hypervisor's page fault: the guest's IPA has no host frame.
@@ -193,12 +202,11 @@ SOLUTION_CELLS = TEACH + [
 SEED = 1234
 ex = PredictStall(SEED)
 print(ex.question())"""),
-    code("""p = ex.params
+    solution("lab05-stall", "", """p = ex.params
 rounds_faulting = p["rounds"] if p["npages"] > p["limit_pages"] else 1   # fits: only round 1
 faults = p["npages"] * rounds_faulting
 mean_read_ns = p["latency_ns"] * math.exp(SIGMA[p["store"]] ** 2 / 2)
 my_answer = faults * mean_read_ns / 1e6
 print(f"{faults} faults x {mean_read_ns / 1e3:.1f} µs = {my_answer:.3f} ms")"""),
-    code("""assert ex.check(my_answer), ex.check(my_answer)
-ex.check(my_answer)"""),
+    graded("lab05-stall-check", 2, "ex", "PredictStall", "apflab.exercises.lab05", "my_answer"),
 ]

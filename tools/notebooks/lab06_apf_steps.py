@@ -2,6 +2,10 @@
 
 from nbformat.v4 import new_code_cell as code, new_markdown_cell as md
 
+from apflab.exercises import holes
+from apflab.exercises.build import PageNotPresentEntry, PageReadyHandler
+from notebooks.common import expected_time, graded, predict, solution
+
 LAB = "labs/06-apf-steps.ipynb"
 SOLUTION = "labs/solutions/06-apf-steps.ipynb"
 
@@ -14,14 +18,20 @@ TEACH = [
 2. drive one fault through the lab's guest kernel with `run_until`, and read at each stop
    what the shared block, the kernel's task states and the host's work queue hold;
 3. list the cases where the host falls back to the synchronous stall, and provoke two;
-4. predict which task runs while a task waits for its page, and which token a fault gets."""),
-    md("""## The protocol (PROTOCOLS.md section 3)
+4. predict which task runs while a task waits for its page, and which token a fault gets;
+5. write the guest's two APF handlers yourself — the "page ready" interrupt handler and the
+   "page not present" SDEI entry — and have them graded by running the kernel with them.
+
+""" + expected_time(150, "who runs while task 0 waits (predict), which token (predict / "
+                    "measure), the page-ready handler (build), the page-not-present entry "
+                    "(build), the first fault and the first page ready (Explorer, measure)")),
+    md("""## The protocol (the lab's host: `apflab/apf.py`; docs/DESIGN.md)
 
 **Discovery and set-up.** The guest asks the KVM vendor service (`hvc #0`, owner 6):
 
 | call | x1 | returns |
 |---|---|---|
-| `0x86000000` VENDOR_HYP_KVM_FEATURES | – | bitmap; bit 2 = ASYNC_PF |
+| `0x86000000` VENDOR_HYP_KVM_FEATURES | – | bitmap; bit 2 = ASYNC_PF (the unmerged arm64 series' numbering; mainline Linux has no such bit) |
 | `0x86000002` ASYNC_PF | 0 VERSION | `0x010000` |
 | | 1 SLOTS | 64: outstanding faults per vCPU |
 | | 2 SDEI | the SDEI event for "page not present" (1) |
@@ -66,7 +76,7 @@ def symbol_at(pc):              # the nearest label at or before pc, as label+of
     addr, name = max((a, n) for a, n in code_labels if a <= pc)
     return name if addr == pc else f"{name}+{pc - addr:#x}"
 
-ADDRESS_FIELDS = ("ipa", "pc", "gpa", "entry", "resume", "vector")
+ADDRESS_FIELDS = ("ipa", "pc", "gpa", "entry", "resume", "vector", "fid", "pstate", "esr", "token")   # shown in hex
 
 def show(records):
     for rec in records:
@@ -147,7 +157,10 @@ line and retired the work item. Then the guest wrote EOI. Task 0 is `runnable` a
 the woken task asked for a reschedule, so it runs at the next return to user space.
 
 What did the vCPU do between the fault and the acknowledgement? The trace's time spans
-say, per mode and per task:"""),
+say, per mode and per task."""),
+    *predict("Of the time between the fault and the IRQ_ACK, roughly what share went to task 1 at "
+             "EL0, and what share to the protocol (SDEI handler, kernel, host)?", "predicted_share",
+             '{"task 1": None, "protocol": None}   # fractions of the window'),
     code("""t0 = m.trace.select("apf_not_present")[0].t_ns
 t1 = m.trace.select("apf_ack")[0].t_ns
 spent = {}
@@ -171,12 +184,13 @@ fig.show()"""),
     md("""## When the host falls back
 
 APF is a best effort. Before it sends "page not present" the host checks, in this order
-(`apflab.apf.FALLBACKS` names them; PROTOCOLS.md lists KVM's conditions):
+(`apflab.apf.FALLBACKS` names them; KVM's x86 conditions are in `kvm_can_do_async_pf`
+and `kvm_arch_setup_async_pf`, arch/x86/kvm/x86.c):
 
 | reason | meaning |
 |---|---|
 | `apf_disabled` | the guest did not enable APF, or the host does not offer it |
-| `kernel_mode` | the fault was taken at EL1: without SEND_ALWAYS (Linux never sets it) only user-mode faults are sent |
+| `kernel_mode` | the fault was taken at EL1: without SEND_ALWAYS only user-mode faults are sent (x86 Linux set SEND_ALWAYS in preemptible kernels, `CONFIG_PREEMPT`/`CONFIG_PREEMPTION`, until 5.8 restricted async page faults to user space; the lab's guest never sets it) |
 | `in_handler` | an SDEI handler is running: the event cannot be delivered now |
 | `event_pending` | an earlier event 1 is still waiting to be dispatched |
 | `pe_masked` | the guest masked SDEI on this PE (PE_MASK) |
@@ -199,6 +213,8 @@ user pages: it swaps whatever it thinks is coldest). Take the page that holds th
 handler, which it shares with the kernel's IRQ entry path. The next time the kernel runs
 code from it, the instruction fetch faults at EL1, and a fault in kernel mode is never
 sent: `kernel_mode`, a stall."""),
+    *predict("Which instruction faults first after that page is evicted (which kernel label), and "
+             "how long does the vCPU stall?", "predicted_kernel_fault", '(None, None)   # (label, ns)'),
     code("""gpn = m.stage2.gpn_of(syms["sdei_apf_entry"])
 m.stage2.unpin(gpn)          # the lab pins the kernel; a real host does not
 m.stage2.evict(gpn)
@@ -238,24 +254,109 @@ swap, the others are walkers or compute loops. The kernel schedules round robin 
 "page ready" asks for a reschedule. Each first touch of a walker faults and is sent
 asynchronously; a read takes about 50 µs.""")
 
-CELLS = TEACH + [
-    EXERCISE_INTRO,
-    code("""from apflab.exercises.lab06 import FirstToken, WhileTask0Waits
+EX12_SETUP = code("""from apflab.exercises.lab06 import FirstToken, WhileTask0Waits
 
 SEED = 1234                      # <- your seed
 ex1 = WhileTask0Waits(SEED)
-print(ex1.question())"""),
-    code("""my_answer = None                 # <- a list of task indices
-ex1.check(my_answer)"""),
-    code("""ex2 = FirstToken(SEED)
-print(ex2.question())"""),
-    code("""my_token = None                  # <- an int; hex is fine
-ex2.check(my_token)"""),
-    md("""`ex1.hint()` and `ex2.hint()` nudge; `answer()` boots that guest and reads the answer
-from its trace."""),
-    code("""print(ex1.hint())
-print(ex2.hint())"""),
-    md("""## Summary
+print(ex1.question())""")
+
+BUILD_INTRO = [
+    md("""## Exercise 3 (build it): the "page ready" handler
+
+Now write the guest's side yourself. `ex3.skeleton()` is the kernel's `apf_page_ready` with
+holes: it assembles and runs, but no task is ever woken. Fill the TODOs in the string below.
+`ex3.check(code)` puts your code into the lab's kernel in place of its own (between the
+`// STUDENT-BEGIN page_ready_irq` and `// STUDENT-END page_ready_irq` markers in
+`apflab/guest/kernel.S`), runs your seed's task mix on an instruction budget, and says in
+words what went wrong: which task was never woken, which token woke the wrong task, whether
+the slot was freed and IRQ_ACK made. An assembly error names *your* line.
+
+The end of interrupt is not yours: `handle_irq` writes `ICC_EOIR1_EL1` after your handler
+returns, as Linux's GIC driver does after the handler it calls."""),
+    code("""from apflab.exercises.build import PageNotPresentEntry, PageReadyHandler
+
+ex3 = PageReadyHandler(SEED)
+print(ex3.question())"""),
+]
+BUILD_READY_STUDENT = [
+    code('my_ready_handler = """\\\n' + PageReadyHandler(0).skeleton() + '"""\nex3.check(my_ready_handler)'),
+    code("""# print(ex3.hint())              # uncomment when you want a hint"""),
+]
+BUILD_READY_SOLUTION = [
+    md("""**Worked solution** (the kernel's own code): look the token up among the waiters, free the
+entry and wake its task; otherwise remember the early "page ready" as a dummy; then free the
+shared slot and IRQ_ACK."""),
+    solution("lab06-ready", "", 'my_ready_handler = """\\\n' + holes.reference("page_ready_irq") + '"""'),
+    graded("lab06-ready-check", 4, "ex3", "PageReadyHandler", "apflab.exercises.build", "my_ready_handler"),
+]
+BUILD_NP_INTRO = [
+    md("""## Exercise 4 (build it): the "page not present" entry
+
+The other half: the SDEI handler the host enters on "page not present". It must record
+token → task, park the task, free the shared slot and leave with `COMPLETE_AND_RESUME` into
+the kernel's IRQ-from-EL0 vector, so the kernel saves the task and switches to another. It
+runs on the interrupted task's registers: x0–x17 are restored by the dispatcher, x18–x30
+and `sp` are the task's, and the grader compares them at the fault and at your COMPLETE."""),
+    code("""ex4 = PageNotPresentEntry(SEED)
+print(ex4.question())"""),
+]
+BUILD_NP_STUDENT = [
+    code('my_np_entry = """\\\n' + PageNotPresentEntry(0).skeleton() + '"""\nex4.check(my_np_entry)'),
+    code("""# print(ex4.hint())              # uncomment when you want a hint"""),
+]
+BUILD_NP_SOLUTION = [
+    md("""**Worked solution** (the kernel's own code)."""),
+    solution("lab06-np", "", 'my_np_entry = """\\\n' + holes.reference("page_not_present") + '"""'),
+    graded("lab06-np-check", 4, "ex4", "PageNotPresentEntry", "apflab.exercises.build", "my_np_entry"),
+]
+EXPLORE_INTRO = [
+    md("""## Exercises 5 and 6 (Explorer): find the fault, catch the first page ready
+
+Do these with the `Explorer` (a new one for each, as the question says: the same seed gives
+the same machine). Read the answer off its status bar and log."""),
+    code("""from apflab.exercises.explore import FirstFault, FirstPageReady
+from apflab.widgets import Explorer
+
+ex5 = FirstFault(SEED)
+print(ex5.question())"""),
+]
+EXPLORE_STUDENT = [
+    code("""# NBVAL_IGNORE_OUTPUT
+explorer5 = Explorer(seed=SEED, **ex5.explorer_params())
+explorer5"""),
+    code("""my_fault = None                  # <- (page, pc, outcome)
+ex5.check(my_fault)"""),
+    code("""ex6 = FirstPageReady(SEED)
+print(ex6.question())"""),
+    code("""my_ready = None                  # <- (token, t_ns)
+ex6.check(my_ready)"""),
+]
+EXPLORE_SOLUTION = [
+    md("""**Worked solution.** Drive the explorer with its methods (each is a button) and read the
+stop and the log."""),
+    solution("lab06-fault", "", """explorer5 = Explorer(seed=SEED, **ex5.explorer_params())
+for action in ex5.actions():
+    print(action, "->", eval("explorer5." + action))
+stop = explorer5.state()["stopped_at"]
+log = explorer5.state()["recent"]
+after = log[[r["t_ns"] for r in log].index(stop["t_ns"]):]
+what = next(r for r in after if r["kind"] in ("apf_not_present", "apf_fallback"))
+my_fault = ((stop["ipa"] - explorer5.setup.buffer.start) // 4096, stop["pc"],
+            "async" if what["kind"] == "apf_not_present" else what["reason"])
+print(my_fault)"""),
+    graded("lab06-fault-check", 1, "ex5", "FirstFault", "apflab.exercises.explore", "my_fault"),
+    code("""ex6 = FirstPageReady(SEED)
+print(ex6.question())"""),
+    solution("lab06-first-ready", "", """explorer6 = Explorer(seed=SEED, **ex6.explorer_params())
+for _ in range(ex6.params["faults_first"]):
+    print(explorer6.run_until("ready"))
+stop = explorer6.state()["stopped_at"]
+my_ready = (stop["token"], stop["t_ns"])
+print(hex(my_ready[0]), my_ready[1])"""),
+    graded("lab06-first-ready-check", 1, "ex6", "FirstPageReady", "apflab.exercises.explore", "my_ready"),
+]
+
+SUMMARY = md("""## Summary
 
 - The host tells the guest instead of freezing it: {reason 1, token} in the shared block
   and SDEI event 1, dispatched in the same exit as the fault.
@@ -264,39 +365,49 @@ print(ex2.hint())"""),
 - Tokens are `(id << 12) | vcpu_id`, id counting the async faults sent.
 - Whenever the event cannot be delivered at once — kernel mode, masked PE, busy slot, a
   handler running, 64 outstanding — the host falls back to the stall.
+- You wrote both guest handlers: the kernel's behaviour (who is parked, who is woken, which
+  token, which registers survive) is what the grader checked, by running it.
 
-Lab 07 measures what all this buys, and what it costs."""),
-]
+Lab 07 measures what all this buys, and what it costs.""")
+
+CELLS = TEACH + [
+    EXERCISE_INTRO,
+    EX12_SETUP,
+    code("""my_answer = None                 # <- a list of task indices
+ex1.check(my_answer)"""),
+    code("""ex2 = FirstToken(SEED)
+print(ex2.question())"""),
+    code("""my_token = None                  # <- an int; hex is fine
+ex2.check(my_token)"""),
+    code("""# print(ex1.hint()); print(ex2.hint())    # uncomment when you want a hint"""),
+] + BUILD_INTRO + BUILD_READY_STUDENT + BUILD_NP_INTRO + BUILD_NP_STUDENT + EXPLORE_INTRO + EXPLORE_STUDENT + [SUMMARY]
 
 SOLUTION_CELLS = TEACH + [
     EXERCISE_INTRO,
-    code("""from apflab.exercises.lab06 import FirstToken, WhileTask0Waits
-
-SEED = 1234
-ex1 = WhileTask0Waits(SEED)
-print(ex1.question())"""),
+    EX12_SETUP,
     md("""Task 0 is parked at once; round robin then runs task 1, 2, … in order. A walker is
 parked on its first touch and the kernel moves on; a compute task keeps the vCPU until
 task 0's "page ready" wakes task 0 (which ends the window). So the list runs from task 1
 up to and including the first compute task, or over every task when all are walkers (the
 vCPU then idles until the page is back)."""),
-    code("""kinds = ex1.params["tasks"]
+    solution("lab06-window", "", """kinds = ex1.params["tasks"]
 my_answer = []
 for i in range(1, len(kinds)):
     my_answer.append(i)
     if kinds[i] == "compute":
         break
-print(kinds, "->", my_answer)
-assert ex1.check(my_answer), ex1.check(my_answer)
-ex1.check(my_answer)"""),
+print(kinds, "->", my_answer)"""),
+    graded("lab06-window-check", 1, "ex1", "WhileTask0Waits", "apflab.exercises.lab06", "my_answer"),
     code("""ex2 = FirstToken(SEED)
 print(ex2.question())"""),
     md("""Replay the scheduler by hand, counting async faults. A walker that runs faults (its
 first touch, or after waking, its next page: all are in swap) and is parked; a compute
 task runs until the oldest parked walker's page is ready, which wakes that walker and
 reschedules; with nothing runnable the vCPU idles until then. The k-th fault (from 0)
-carries token `k << 12`."""),
-    code("""def first_token(kinds, target):
+carries token `k << 12`. That predicts a task's *first* fault. Its second depends on which
+of the outstanding page-ins finishes first, and their times are jittered: step the guest
+and count."""),
+    solution("lab06-token", "", """def first_token(kinds, target):
     runnable = [True] * len(kinds)
     parked = []                      # walkers waiting, oldest first
     cursor, faults = -1, 0
@@ -316,8 +427,22 @@ carries token `k << 12`."""),
         elif parked:                 # compute runs until the oldest page is ready
             runnable[parked.pop(0)] = True
 
-my_token = first_token(ex2.params["tasks"], ex2.params["task"])
-print(ex2.params, "->", hex(my_token))
-assert ex2.check(my_token), ex2.check(my_token)
-ex2.check(my_token)"""),
-]
+def measured_token(kinds, target, nth, seed):
+    from apflab.exercises.lab06 import build_guest
+    m, _ = build_guest(kinds, seed)
+    seen = 0
+    while True:
+        rec = m.run_until("apf_not_present", 5_000_000)
+        if rec.get("task") == target:
+            seen += 1
+            if seen == nth:
+                return rec.get("token")
+
+p = ex2.params
+if p["nth"] == 1:
+    my_token = first_token(p["tasks"], p["task"])
+else:
+    my_token = measured_token(p["tasks"], p["task"], p["nth"], ex2.seed)
+print(p, "->", hex(my_token))"""),
+    graded("lab06-token-check", 1, "ex2", "FirstToken", "apflab.exercises.lab06", "my_token"),
+] + BUILD_INTRO + BUILD_READY_SOLUTION + BUILD_NP_INTRO + BUILD_NP_SOLUTION + EXPLORE_INTRO + EXPLORE_SOLUTION + [SUMMARY]

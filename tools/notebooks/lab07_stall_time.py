@@ -2,6 +2,8 @@
 
 from nbformat.v4 import new_code_cell as code, new_markdown_cell as md
 
+from notebooks.common import expected_time, graded, predict, solution
+
 LAB = "labs/07-stall-time.ipynb"
 SOLUTION = "labs/solutions/07-stall-time.ipynb"
 
@@ -15,7 +17,11 @@ TEACH = [
    it *saves* about a third of the time when it has;
 3. use parameter sweeps to see how the answer moves with the swap latency, the memory
    limit and the task mix;
-4. predict, for a configuration you are given, whether APF helps and by roughly how much."""),
+4. predict, for a configuration you are given, whether APF helps and by roughly how much,
+   then measure it.
+
+""" + expected_time(75, "does APF pay off here (predict, then measure), read the dashboard "
+                    "(dashboard, measure)")),
     md("""## What is measured
 
 `memtouch` is the arm64 APF series' own test in miniature: a task walks a buffer larger
@@ -32,6 +38,9 @@ charged to the vCPU).
     md("""## Four runs: with and without a compute task, APF off and on
 
 64 pages, 32 frames under the limit, two rounds, SSD swap (50 µs median): 128 faults."""),
+    *predict("For the walker alone, and for the walker beside a compute task: does APF make the "
+             "walk faster or slower, and by roughly how many percent?", "predicted",
+             '{"walker alone": None, "walker + compute": None}   # percent change'),
     code("""import apflab
 import plotly.io as pio
 from apflab import plots
@@ -93,6 +102,9 @@ fig.show()"""),
 `sweep` runs every point of a grid with APF off and on; each row is a flat record
 (`param.*`, `elapsed_ns`, `stall_ns`, `time.*`, …). One worker keeps the notebook simple;
 the rows do not depend on how many workers ran them."""),
+    *predict("As the swap latency grows from 10 µs to 200 µs, does APF's gain with a compute task "
+             "grow, shrink or stay put? And its cost without one?", "predicted_trend",
+             '("grow/shrink/same", "grow/shrink/same")'),
     code("""rows = sweep("memtouch", {"latency_ns": [10_000, 20_000, 50_000, 100_000, 200_000],
                           "calc_thread": [False, True]}, workers=1, progress=False, **BASE)
 
@@ -135,7 +147,9 @@ each one costs. The time saved grows with the faults, the ratio stays put."""),
 
 The `gleb2010` scenario (Natapov's 2010 x86 benchmark, lab 09) runs several walkers and
 several compute tasks for a fixed time and counts **work done**, which APF should raise.
-Four mixes, 10 ms each, 32 pages per walker, 16 frames for all of them:"""),
+Four mixes, 10 ms each, 32 pages per walker, 16 frames for all of them."""),
+    *predict("Two walkers and no compute task: will APF raise the total work done, lower it, or "
+             "leave it?", "predicted_two_walkers", "None"),
     code("""print(f"{'walkers':>7} {'compute':>7} {'walk units off→on':>18} {'compute units off→on':>21} {'total':>7}")
 for walkers, computes in [(2, 0), (1, 1), (2, 2), (4, 4)]:
     off, on = compare("gleb2010", seed=0, fault_tasks=walkers, compute_tasks=computes,
@@ -157,11 +171,46 @@ from apflab.widgets import StallDashboard
 StallDashboard()"""),
 ]
 
-EXERCISE_INTRO = md("""## Exercise: does APF pay off here?
+EXERCISE_INTRO = md("""## Exercise 1: does APF pay off here?
 
-Your seed draws a latency, a buffer, a memory limit and whether a compute task runs beside
-the walker. Predict the change in the walk's time with APF on, in percent (negative =
-faster). The check wants the right direction and a value within 8 points.""")
+Your seed draws a latency, a buffer, a memory limit, a number of rounds and whether a
+compute task runs beside the walker. First *predict* the change in the walk's time with APF
+on, in percent (negative = faster), from the runs and sweeps above, and write it down. Then
+*measure* it: `compare("memtouch", seed=ex.seed, **ex.scenario_params())`. The check wants
+the right direction and a value within 3 points, which a rule of thumb ("−30% with a compute
+task, +5% without") does not reach for most seeds. Say in a sentence why your prediction
+was off, if it was.""")
+
+DASHBOARD = [
+    md("""## Exercise 2 (dashboard): read the dashboard
+
+Set a `StallDashboard` as your seed's question says, press the run button, and read the
+answer off the headline."""),
+    code("""from apflab.exercises.explore import DashboardSaving
+
+ex2 = DashboardSaving(SEED)
+print(ex2.question())"""),
+]
+DASHBOARD_STUDENT = [
+    code("""# NBVAL_IGNORE_OUTPUT
+dashboard = StallDashboard()
+dashboard"""),
+    code("""my_saving = None                 # <- ms sooner with APF on (negative: later)
+ex2.check(my_saving)"""),
+]
+DASHBOARD_SOLUTION = [
+    md("""**Worked solution.** Set the controls (here from code, as the buttons would), click run,
+read the two runs' times to finish."""),
+    solution("lab07-dashboard", "", """dashboard = StallDashboard()
+s = ex2.settings()
+dashboard.mix.value, dashboard.seed.value, dashboard.latency.value = s["mix"], s["seed"], s["latency"]
+dashboard.limit.value, dashboard.npages.value = s["limit"], s["npages"]
+dashboard.run_button.click()
+off, on = dashboard.last
+my_saving = (off.elapsed_ns - on.elapsed_ns) / 1e6
+print(f"{off.elapsed_ns / 1e6:.3f} ms off, {on.elapsed_ns / 1e6:.3f} ms on: {my_saving:+.4f} ms")"""),
+    graded("lab07-dashboard-check", 1, "ex2", "DashboardSaving", "apflab.exercises.explore", "my_saving"),
+]
 
 CELLS = TEACH + [
     EXERCISE_INTRO,
@@ -170,10 +219,11 @@ CELLS = TEACH + [
 SEED = 1234                      # <- your seed
 ex = ApfPayoff(SEED)
 print(ex.question())"""),
-    code("""my_answer = None                 # <- your prediction in percent, e.g. -30 or +5
+    code("""my_prediction = None             # <- your prediction in percent, before measuring"""),
+    code("""my_answer = None                 # <- the change you measured with compare(...), in percent
 ex.check(my_answer)"""),
-    md("""`ex.hint()` nudges; `ex.answer()` runs `compare` and gives the measured change."""),
-    code("""ex.hint()"""),
+    code("""# ex.hint()                      # uncomment when you want a hint"""),
+] + DASHBOARD + DASHBOARD_STUDENT + [
     md("""## Summary
 
 - APF never shortens a wait; it hands it to another task. The time breakdown shows where
@@ -191,19 +241,23 @@ SOLUTION_CELLS = TEACH + [
 SEED = 1234
 ex = ApfPayoff(SEED)
 print(ex.question())"""),
-    md("""Reason from the measurements above. Without a compute task APF adds about 1.3 µs of
-overhead per fault to a wait of about the latency (× 1.05 for the lognormal's mean), so the
-change is roughly +1.3 µs / (latency + the few µs of the fault's own handling). With a
-compute task, read it off Sweep 1: about −40% at 10–20 µs, −36% at 50 µs, −28% at 100 µs,
-−25% at 200 µs."""),
+    md("""**Prediction.** Reason from the measurements above. Without a compute task APF adds about
+1.3 µs of overhead per fault to a wait of about the latency (× 1.05 for the lognormal's
+mean), so the change is roughly +1.3 µs / (latency + the few µs of the fault's own
+handling), less when a buffer that fits makes later rounds fault-free. With a compute task,
+read it off Sweep 1: about −40% at 10–20 µs, −36% at 50 µs, −28% at 100 µs, −25% at 200 µs,
+and much less at 5 µs, where the page is nearly back before the switch is done."""),
     code("""p = ex.params
 latency_us = p["latency_ns"] / 1e3
 if p["calc_thread"]:
-    table = {10: -40, 20: -39, 50: -36, 100: -28, 150: -27, 200: -25}
-    my_answer = table[min(table, key=lambda k: abs(k - latency_us))]
+    table = {5: -7, 10: -40, 20: -39, 50: -36, 100: -28, 150: -27, 200: -25}
+    my_prediction = table[min(table, key=lambda k: abs(k - latency_us))]
 else:
-    my_answer = 100 * 1.3 / (1.05 * latency_us + 3)
-print(p, "->", round(my_answer, 1))
-assert ex.check(my_answer), ex.check(my_answer)
-ex.check(my_answer)"""),
-]
+    my_prediction = 100 * 1.3 / (1.05 * latency_us + 3)
+print(p, "-> predicted", round(my_prediction, 1))"""),
+    md("""**Measurement.** Then run it, and compare with the prediction."""),
+    solution("lab07-payoff", "", """off, on = compare("memtouch", seed=ex.seed, **ex.scenario_params())
+my_answer = round(100 * (on.elapsed_ns / off.elapsed_ns - 1), 1)
+print(f"measured {my_answer:+.1f}%, predicted {my_prediction:+.1f}%")"""),
+    graded("lab07-payoff-check", 2, "ex", "ApfPayoff", "apflab.exercises.lab07", "my_answer"),
+] + DASHBOARD + DASHBOARD_SOLUTION
