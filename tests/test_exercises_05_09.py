@@ -135,10 +135,12 @@ def test_first_token_asks_about_a_walker_after_a_compute_task():
 def test_payoff_sign_follows_the_compute_task(seed):
     ex = ApfPayoff(seed)
     change = ex.answer()
-    if ex.params["calc_thread"]:
-        assert -45 < change < -3
-    else:
-        assert 0 < change < 45
+    if ex.params["calc_thread"] and ex.params["latency_ns"] >= 20_000:
+        assert -45 < change < -3        # the compute task fills the waits
+    elif not ex.params["calc_thread"]:
+        assert 0 < change < 45          # alone, the walker has nothing to overlap
+    # with a compute task and a 5-10 µs device the sign depends on the ~12 µs an async
+    # fault costs the vCPU (apflab.costs): either way is a correct answer to compute
     tol = TOLERANCE_POINTS
     assert ex.check(change) and ex.check(change + 0.9 * tol)
     assert not ex.check(change + 1.1 * tol) and not ex.check(change - 1.1 * tol)

@@ -42,8 +42,10 @@ side, so "enabled" and "user mode" do not apply to it.
 
 ![The host's first failing check, per design and situation](../assets/lab10-designs.svg)
 
-**The question from the review (2020).** SDEI events are not masked by PSTATE.I; that is
-their point. But the arm64 series sent "page not present" only for user-mode faults, and user
+**The question from the review (2020).** James Morse of Arm, reviewing the first version of
+the series ([23 October 2020](https://lore.kernel.org/all/4dcaea7a-a4d1-9bf3-eb95-ea9d8826ad99@arm.com/);
+lab 09 quotes him and the answer he got), asked why the notice needs SDEI.
+SDEI events are not masked by PSTATE.I; that is their point. But the arm64 series sent "page not present" only for user-mode faults, and user
 mode runs with IRQs unmasked. So why not an ordinary interrupt? The lab answers with
 measurements: where does SDEI's reach (IRQ-masked kernel code) buy anything?
 
@@ -146,16 +148,8 @@ fallback_bars(send_always, "syscall_read with SEND_ALWAYS: what happened to each
   kernel cannot park a task in the middle of a system call: it forgets the token, frees the
   slot and retries the access. The retry finds the page still in flight (`repeated_fault`):
   a stall anyway, now after a notice, a handler and an exit.
-- The `slot_busy` fallbacks come next: the page-ready notice for the forgotten token is
-  raised while the kernel still has IRQs masked, and the task's next user-mode load faults
-  before the interrupt is taken, so the slot is still full. Part of this is the emulator:
-  an unmask cannot be trapped here, so a pending interrupt is taken within 64 instructions
-  of it, and the task's next load comes sooner. A real CPU would usually take it at the
-  return to user mode, and most of these `slot_busy` stalls would not happen; the
-  `repeated_fault` stalls would.
-- The compute task gets almost nothing (16 units instead of 816). It does worse than under
-  `sync`, which is a scheduling effect of the lab's mini-kernel and the late interrupts
-  above; we do not analyse it further here.
+- Compare the compute task's work under each design with `sync`: a wasted notice costs the
+  vCPU an exit, a handler and a retry, and that time is not the compute task's either.
 
 So SDEI's reach buys something only if the guest can *use* a notice in IRQ-masked code, and a
 kernel that cannot sleep there cannot. That is the substance of the review's question. The
@@ -212,9 +206,8 @@ Two effects here come from the model, not from the mechanism:
 - The not-present PPI's GIC priority (above the tick) is the lab's choice.
 - What a guest does with a kernel-mode notice is the lab's mini-kernel's choice (it drops the
   token and retries).
-- An interrupt left pending while IRQs are masked is taken within 64 instructions of the
-  unmask (the emulator cannot trap the unmask): later than on hardware, which shows up as
-  `slot_busy` fallbacks in part 3."""),
+- An interrupt left pending while IRQs are masked is taken right after the instruction that
+  unmasks them (the host watches for it), as on hardware."""),
 ]
 
 EX1_INTRO = md("""## Exercise 1: which design finishes first?
