@@ -234,7 +234,7 @@ MEMTOUCH = {
     "calc_thread": (False, lambda v: isinstance(v, bool), "must be True or False"),
     "npages": (512, _int_range(4, 1 << 18), "must be an int in [4, 262144] (buffer pages)"),
     "rounds": (2, _int_range(1, 1000), "must be an int in [1, 1000]"),
-    "limit_pages": (128, _int_range(8), "must be an int >= 8 (host memory limit for the buffer, pages)"),
+    "limit_pages": (128, _int_range(2), "must be an int >= 2 (host memory limit for the buffer, pages)"),
     "ram_mib": (16, _int_range(4, 4096), "must be an int in [4, 4096] (guest RAM, MiB)"),
     "max_instructions": (200_000_000, _int_range(1), "must be a positive int"),
 }
@@ -277,7 +277,7 @@ GLEB2010 = {
     "fault_tasks": (4, _int_range(1, 4), "must be an int in [1, 4]"),
     "compute_tasks": (4, _int_range(0, 4), "must be an int in [0, 4]"),
     "npages": (96, _int_range(4, 1 << 16), "must be an int in [4, 65536] (pages per faulting task)"),
-    "limit_pages": (192, _int_range(8), "must be an int >= 8 (host memory limit for the buffers, pages)"),
+    "limit_pages": (192, _int_range(2), "must be an int >= 2 (host memory limit for the buffers, pages)"),
     "duration_ns": (50_000_000, _int_range(1_000_000), "must be an int >= 1 ms of virtual time"),
     "ram_mib": (16, _int_range(4, 4096), "must be an int in [4, 4096] (guest RAM, MiB)"),
     "max_instructions": (400_000_000, _int_range(1), "must be a positive int"),
@@ -365,7 +365,7 @@ SYSCALL_READ = {
     "send_always": (False, lambda v: isinstance(v, bool),
                     "must be True or False: the guest asks for notices in kernel mode too (SEND_ALWAYS)"),
     "rounds": (1, _int_range(1, 1000), "must be an int in [1, 1000]"),
-    "limit_pages": (64, _int_range(8), "must be an int >= 8 (host memory limit for the buffer, pages)"),
+    "limit_pages": (64, _int_range(2), "must be an int >= 2 (host memory limit for the buffer, pages)"),
     "ram_mib": (16, _int_range(4, 4096), "must be an int in [4, 4096] (guest RAM, MiB)"),
     "max_instructions": (200_000_000, _int_range(1), "must be a positive int"),
 }

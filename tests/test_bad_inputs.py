@@ -359,7 +359,7 @@ def test_host_raise_of_an_undefined_event_is_a_parameter_error():
     ("memtouch", dict(latency_ns=1.5), "latency_ns=1.5"),
     ("memtouch", dict(latency_ns=True), "latency_ns=True"),
     ("gleb2010", dict(latency_ns=-50_000), "latency_ns=-50000"),
-    ("memtouch", dict(limit_pages=0), "limit_pages=0: must be an int >= 8"),
+    ("memtouch", dict(limit_pages=0), "limit_pages=0: must be an int >= 2"),
     ("gleb2010", dict(limit_pages=0), "limit_pages=0"),
     ("memtouch", dict(limit_pages=-8), "limit_pages=-8"),
     ("memtouch", dict(npages="64"), "npages='64': must be an int in [4, 262144]"),
