@@ -1,9 +1,14 @@
-"""The host ("KVM"): one vCPU, its run loop, the virtual clock and event queue.
+"""The host ("KVM"): the vCPUs, their run loop, the virtual clocks and event queue.
 
 The loop reads like kvmtool's ``kvm_cpu__start``: deliver what is due, run the
 vCPU for a slice, switch on why it exited, hand the exit to the service that
 owns it, account the time. Time is virtual: instructions retired times
 ``ns_per_insn`` plus modelled host costs (``HostCosts``); never wall-clock.
+
+With several vCPUs (``smp.py``) each has its own clock, GIC CPU interface and timer;
+``vcpu``, ``gic``, ``timer``, ``now`` and ``halted`` name the current one's, so the loop
+below reads the same for one vCPU or eight. At the top of each turn ``_next_vcpu``
+picks which vCPU the turn is for (a no-op with one vCPU).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import Callable
 from . import cpu as C
 from .cpu import ExitKind, Vcpu, decode_esr
 from .errors import BudgetExceeded, GuestError, GuestFault, InvariantError, ParameterError
-from .irq import GicCpu
-from .smccc import NO_RETURN, Call, Router, to_u64
+from .irq import ICC_SGI1R_EL1, GicCpu
+from .smp import MPIDR_EL1, SMP_QUANTUM, Power, VcpuState, pick, sgi_targets
+from .smccc import NO_RETURN, NOT_SUPPORTED, Call, Router, to_u64
 from .stage2 import PageState, Stage2
 from .timer import TIMER_PPI, VirtualTimer
 from .trace import Trace
@@ -83,6 +89,8 @@ class Registration:
     name: str
     service: object
     fids: tuple[int, int] | None = None
+    per_vcpu: bool = False      # False: the service models one PE; with several vCPUs it
+                                # serves vCPU 0 only (its hooks see no other vCPU)
     before_entry: Callable[[Vcpu], None] | None = None
     wakes: Callable[[Vcpu], bool] | None = None
     in_handler: Callable[[], bool] | None = None
@@ -92,10 +100,25 @@ class Registration:
 
 @dataclass
 class RunStop:
-    """How ``Host.run`` ended: the guest executed ``brk #0``."""
+    """How ``Host.run`` ended: vCPU 0 executed ``brk #0`` (or PSCI SYSTEM_OFF)."""
     pc: int
     instructions: int
     elapsed_ns: int
+    reason: str = "brk"
+
+
+class _BootVcpuOnly:
+    """Routes a one-PE service's hypercalls from vCPU 0 only (see ``Host._boot_vcpu_only``)."""
+
+    def __init__(self, inner, boot: Vcpu):
+        self.inner = inner
+        self.name = inner.name
+        self._boot = boot
+
+    def handle(self, vcpu, call: Call) -> object:
+        if vcpu is not self._boot:
+            return NOT_SUPPORTED
+        return self.inner.handle(vcpu, call)
 
 
 @dataclass(order=True)
@@ -104,30 +127,31 @@ class _Event:
     seq: int
     name: str = field(compare=False)
     fn: Callable[[], None] = field(compare=False)
+    cpu: VcpuState | None = field(default=None, compare=False)   # the vCPU it is done for
 
 
 class Host:
     """Owns the virtual clock, the event queue and the exit dispatch."""
 
-    def __init__(self, vcpu: Vcpu, stage2: Stage2, *, seed: int = 0, ns_per_insn: int = 1,
-                 costs: HostCosts | None = None, trace: Trace | None = None):
+    def __init__(self, vcpu: Vcpu | list[Vcpu], stage2: Stage2, *, seed: int = 0, ns_per_insn: int = 1,
+                 costs: HostCosts | None = None, trace: Trace | None = None, quantum: int = SMP_QUANTUM):
         if not isinstance(ns_per_insn, int) or isinstance(ns_per_insn, bool) or ns_per_insn < 1:
             raise ParameterError(f"ns_per_insn must be an int >= 1, got {ns_per_insn!r}")
-        self.vcpu = vcpu
+        if not isinstance(quantum, int) or isinstance(quantum, bool) or quantum < 1:
+            raise ParameterError(f"quantum must be an int >= 1 (instructions), got {quantum!r}")
+        vcpus = [vcpu] if isinstance(vcpu, Vcpu) else list(vcpu)
+        self.quantum = quantum
         self.stage2 = stage2
         self.rng = random.Random(seed)
         self.seed = seed
         self.ns_per_insn = ns_per_insn
         self.costs = costs or HostCosts()
         self.trace = trace or Trace()
-        self.now = 0
-        self.retired = 0
+        self.retired = 0             # instructions retired by every vCPU together
         self._events: list[_Event] = []
         self._seq = 0
         self.router = Router()
-        self.gic = GicCpu()
-        self.gic.on_event = self._trace_event
-        self.timer = VirtualTimer(now=lambda: self.now)
+        self.system_off = False
         self.current_task: Callable[[], int | None] = lambda: None
         self.services: dict[str, Registration] = {}
         self._before_entry: list[Callable[[Vcpu], None]] = []
@@ -135,20 +159,66 @@ class Host:
         self._in_handler: list[Callable[[], bool]] = []
         self._page_not_present: Callable[[Vcpu, Fault], str | None] | None = None
         self._slice_t0 = 0
-        self.halted = False
         self._holders: list[Callable[[Vcpu], bool]] = []
 
+        self.cpus = [self._attach(i, v, len(vcpus)) for i, v in enumerate(vcpus)]
+        self.cpus[0].power = Power.ON          # the boot vCPU; the others wait for PSCI CPU_ON
+        self._cur = self.cpus[0]
+        if len(self.cpus) > 1:
+            self.trace.select_lane(0, tag=True)   # every record names its vCPU from the start
+        stage2.on_unmap = self._flush_tlbs     # stage-2 changes reach every vCPU's TLB
+        stage2.on_event = self._trace_event
+
+    def _attach(self, index: int, vcpu: Vcpu, count: int) -> VcpuState:
+        """Give a vCPU its own GIC CPU interface and timer, and wire its traps."""
+        st = VcpuState(index, vcpu, GicCpu(), None)
+        st.timer = VirtualTimer(now=lambda: st.now)
+        st.gic.on_event = self._trace_event
         reads, writes = {}, {}
-        for dev in (self.gic, self.timer):
+        for dev in (st.gic, st.timer):
             r, w = dev.sysreg_handlers()
             reads.update(r)
             writes.update(w)
+        if count > 1:
+            # Several vCPUs: MPIDR_EL1 says which one this is (Aff0 = index), and an SGI
+            # goes to the vCPUs its ICC_SGI1R_EL1 value names. One vCPU keeps the engine's
+            # own MPIDR and SGIs to itself, as before.
+            reads[MPIDR_EL1] = lambda: st.mpidr
+            writes[ICC_SGI1R_EL1] = lambda value: self._send_sgi(st, value)
         vcpu.sysreg_read = reads
         vcpu.sysreg_write = writes
-        vcpu.is_mapped = stage2.is_mapped
+        vcpu.is_mapped = self.stage2.is_mapped
         vcpu.clock_at_retired = self._clock_mid_slice
-        stage2.on_unmap = vcpu.flush_tlb
-        stage2.on_event = self._trace_event
+        return st
+
+    # The current vCPU's state, under the names the one-vCPU host always used.
+    vcpu = property(lambda self: self._cur.vcpu)
+    gic = property(lambda self: self._cur.gic)
+    timer = property(lambda self: self._cur.timer)
+
+    @property
+    def now(self) -> int:
+        return self._cur.now
+
+    @now.setter
+    def now(self, value: int) -> None:
+        self._cur.now = value
+
+    @property
+    def halted(self) -> bool:
+        return self._cur.halted
+
+    @halted.setter
+    def halted(self, value: bool) -> None:
+        self._cur.halted = value
+
+    @property
+    def smp(self) -> bool:
+        return len(self.cpus) > 1
+
+    def _flush_tlbs(self) -> None:
+        for st in self.cpus:
+            st.vcpu.flush_tlb()
 
     # ------------------------------------------------------------------ services
     def register(self, reg: Registration) -> None:
@@ -157,6 +227,8 @@ class Host:
             raise InvariantError(f"register() takes a Registration, got {reg!r}")
         if reg.name in self.services:
             raise InvariantError(f"a service named {reg.name!r} is already registered")
+        if self.smp and not reg.per_vcpu:
+            reg = self._boot_vcpu_only(reg)
         if reg.fids is not None:
             self.router.register(reg.fids[0], reg.fids[1], reg.service)
         if reg.page_not_present is not None:
@@ -172,7 +244,29 @@ class Host:
     def service(self, name: str):
         """The registered service called ``name``, or None."""
         reg = self.services.get(name)
-        return None if reg is None else reg.service
+        if reg is None:
+            return None
+        return getattr(reg.service, "inner", reg.service)
+
+    def _boot_vcpu_only(self, reg: Registration) -> Registration:
+        """A one-PE service on a several-vCPU machine: its hooks and hypercalls serve vCPU 0.
+
+        SDEI and APF keep one PE's state (issue 11, part 3 makes them per vCPU): another
+        vCPU's call gets NOT_SUPPORTED, and its stage-2 faults take the synchronous path
+        with the reason "not_boot_vcpu".
+        """
+        boot = self.cpus[0].vcpu
+        cur = lambda: self._cur.vcpu is boot
+        wrap = {
+            "before_entry": lambda h: (lambda v: h(v) if v is boot else None),
+            "wakes": lambda h: (lambda v: h(v) if v is boot else False),
+            "holds": lambda h: (lambda v: h(v) if v is boot else False),
+            "in_handler": lambda h: (lambda: h() if cur() else False),
+            "page_not_present": lambda h: (lambda v, f: h(v, f) if v is boot else "not_boot_vcpu"),
+        }
+        hooks = {name: fn(getattr(reg, name)) for name, fn in wrap.items() if getattr(reg, name) is not None}
+        return Registration(reg.name, _BootVcpuOnly(reg.service, boot), fids=reg.fids,
+                            per_vcpu=True, **hooks)
 
     def handler_running(self) -> bool:
         return any(f() for f in self._in_handler)
@@ -188,7 +282,7 @@ class Host:
         if t_ns < self.now:
             raise InvariantError(f"event {name} scheduled in the past ({t_ns} < {self.now})")
         self._seq += 1
-        heapq.heappush(self._events, _Event(t_ns, self._seq, name, fn))
+        heapq.heappush(self._events, _Event(t_ns, self._seq, name, fn, self._cur))
 
     def next_event_ns(self) -> int | None:
         remote = self.stage2.remote
@@ -201,10 +295,136 @@ class Host:
     def _deliver_due(self) -> None:
         while self._events and self._events[0].t_ns <= self.now:
             ev = heapq.heappop(self._events)
-            ev.fn()
+            self._run_event(ev)
         if self.stage2.remote is not None:
             self.stage2.deliver_background(self.now)   # post-copy stream pages that have landed
         self.gic.set_line(TIMER_PPI, self.timer.output())
+
+    def _run_event(self, ev: _Event) -> None:
+        """Do host work for the vCPU it was scheduled for (services name ``host.vcpu``).
+
+        With several vCPUs that may be another vCPU than the current one: it is made
+        current for the event, its clock first brought up to the event's time if it was
+        halted behind it (nothing else can leave a vCPU behind the one running).
+        """
+        owner = ev.cpu
+        if owner is None or owner is self._cur:
+            ev.fn()
+            return
+        here = self._cur
+        self._select(owner)
+        if owner.power is Power.ON and owner.now < ev.t_ns:
+            self.trace.account(owner.now, ev.t_ns, "halted", self.current_task())
+            owner.now = ev.t_ns
+        try:
+            ev.fn()
+        finally:
+            self._select(here)
+
+    def _select(self, st: VcpuState) -> None:
+        """Make ``st`` the current vCPU: the one ``vcpu``/``gic``/``now`` name."""
+        self._cur = st
+        self.trace.select_lane(st.index, tag=True)
+
+    # ------------------------------------------------------------------ several vCPUs
+    def _next_vcpu(self) -> RunStop | None:
+        """Pick the vCPU this turn of the loop is for (``smp.pick``); a RunStop when the
+        guest switched the system off. One vCPU: nothing to pick."""
+        if self.system_off:
+            boot = self.cpus[0]
+            if self._cur is not boot:
+                self._select(boot)
+            return RunStop(boot.vcpu.pc, self.retired, boot.now, reason="system_off")
+        if len(self.cpus) == 1 and self._cur.power is not Power.OFF:
+            return None
+        nxt = pick(self.cpus, self._events[0].t_ns if self._events else None, self._can_wake)
+        if nxt is None:
+            on = [st for st in self.cpus if st.power is not Power.OFF]
+            if not on:
+                raise GuestError("every vCPU is off (PSCI CPU_OFF) and the guest did not call "
+                                 "SYSTEM_OFF: nothing can run")
+            raise GuestError("every vCPU is halted in wfi with nothing that could ever wake it "
+                             "(no timer armed, no host work pending): " + self.describe_vcpus())
+        if nxt is not self._cur:
+            # Quirk: each engine keeps its own exclusive monitor, and a store-exclusive
+            # succeeds there when the address and the *value* still match (QEMU's
+            # target/arm: exclusive_addr/exclusive_val). A store by another vCPU of the same
+            # value would go unseen, so the monitor of the vCPU leaving the CPU is cleared
+            # (as an exception return does, Arm ARM D1.7); its STXR then fails and retries.
+            self._cur.vcpu.clear_exclusive()
+            self._select(nxt)
+        if nxt.power is Power.ON_PENDING:
+            nxt.power = Power.ON
+        return None
+
+    def select_boot(self) -> None:
+        """After a run: ``vcpu``/``gic``/``now`` name vCPU 0 again (what the harness reads)."""
+        if self._cur is not self.cpus[0]:
+            self._select(self.cpus[0])
+
+    def _can_wake(self, st: VcpuState) -> bool:
+        if st.gic.signalling():
+            return True
+        if not self._wakers:
+            return False
+        here = self._cur
+        self._select(st)                  # services read host.gic/host.now: st's
+        try:
+            return any(w(st.vcpu) for w in self._wakers)
+        finally:
+            self._select(here)
+
+    def power_on(self, st: VcpuState, entry: int, context_id: int) -> None:
+        """PSCI CPU_ON: ``st`` starts at ``entry`` in EL1h with DAIF masked, x0 = context id,
+        at the caller's time."""
+        from .cpu import PSTATE_EL1H_MASKED
+        st.vcpu.enter_handler(entry, PSTATE_EL1H_MASKED, [context_id], zero_to=29)   # x1-x28 zeroed (UNKNOWN in DEN0022)
+        caller = self._cur
+        if st.now < caller.now:
+            if st.retired:
+                # Off since CPU_OFF: its lane shows the time off as halted (idle, as a KVM
+                # vCPU that is powered off waits blocked), so the lane still tiles.
+                self._select(st)
+                self.trace.account(st.now, caller.now, "halted", self.current_task())
+                self._select(caller)
+            st.now = caller.now
+        st.halted = False
+        st.power = Power.ON_PENDING
+
+    def power_off(self, st: VcpuState) -> None:
+        """PSCI CPU_OFF: ``st`` stops; only CPU_ON starts it again."""
+        st.power = Power.OFF
+        st.halted = False
+
+    def describe_vcpus(self) -> str:
+        """Where each vCPU that is on stands: for budget errors and halts."""
+        parts = []
+        for st in self.cpus:
+            if st.power is Power.OFF:
+                continue
+            pc = st.vcpu.pc
+            state = "halted in wfi" if st.halted else "running"
+            parts.append(f"vCPU {st.index} {state} at pc={pc:#x} ({st.vcpu.disasm_at(pc)})")
+        return "; ".join(parts)
+
+    def _send_sgi(self, sender: VcpuState, value: int) -> None:
+        """ICC_SGI1R_EL1 written by ``sender``: the SGI becomes pending at each target.
+
+        A halted target's clock is brought up to the sender's, as halted time, so it
+        takes the SGI after it was sent.
+        """
+        intid = value >> 24 & 0xF
+        for i in sgi_targets(value, sender.index, len(self.cpus)):
+            st = self.cpus[i]
+            if st is sender:
+                st.gic.send_sgi(intid)
+                continue
+            self._select(st)
+            if st.power is Power.ON and st.halted and st.now < sender.now:
+                self.trace.account(st.now, sender.now, "halted", self.current_task())
+                st.now = sender.now
+            st.gic.send_sgi(intid)
+            self._select(sender)
 
     def _clock_mid_slice(self, retired: int) -> None:
         # A trapped sysreg inside a slice sees the time after ``retired`` instructions.
@@ -228,7 +448,7 @@ class Host:
             if ev.t_ns > self.now:
                 self.trace.account(self.now, ev.t_ns, "stalled", self.current_task())
                 self.now = ev.t_ns
-            ev.fn()
+            self._run_event(ev)
         if t_ns > self.now:
             self.trace.account(self.now, t_ns, "stalled", self.current_task())
             self.now = t_ns
@@ -237,16 +457,20 @@ class Host:
     # ------------------------------------------------------------------ the run loop
     def run(self, max_instructions: int, *, stop_at_brk0: bool = True, budget_error: bool = True,
             until_ns: int | None = None, until: Callable[[], bool] | None = None) -> RunStop | None:
-        """Run the guest until ``brk #0``; None if ``until``/``until_ns`` stopped it first.
+        """Run the guest until vCPU 0's ``brk #0``; None if ``until``/``until_ns`` stopped it first.
 
-        Running out of ``max_instructions`` raises ``BudgetExceeded`` naming the
-        PC, or with ``budget_error=False`` (stepping) just returns None.
+        Running out of ``max_instructions`` (all vCPUs together) raises ``BudgetExceeded``
+        naming the PC (with several vCPUs: every vCPU's), or with ``budget_error=False``
+        (stepping) just returns None.
         """
         if not isinstance(max_instructions, int) or isinstance(max_instructions, bool) or max_instructions <= 0:
             raise ParameterError(f"max_instructions must be a positive int, got {max_instructions!r}")
-        vcpu = self.vcpu
         budget_end = self.retired + max_instructions
         while True:
+            stop = self._next_vcpu()       # several vCPUs: whose turn it is (smp.pick)
+            if stop is not None:
+                return stop
+            vcpu = self.vcpu
             self._deliver_due()
             if until is not None and until():
                 return None
@@ -266,6 +490,10 @@ class Host:
                 if not budget_error:
                     return None
                 pc = vcpu.pc
+                if self.smp:
+                    raise BudgetExceeded(f"guest ran past max_instructions={max_instructions} "
+                                         f"(all vCPUs together): {self.describe_vcpus()}",
+                                         pc=pc, insn=vcpu.disasm_at(pc))
                 raise BudgetExceeded(f"guest ran past max_instructions={max_instructions}",
                                      pc=pc, insn=vcpu.disasm_at(pc))
             count = min(MAX_SLICE, left)
@@ -276,6 +504,8 @@ class Host:
                 count = min(count, max(1, -(-(nxt - self.now) // self.ns_per_insn)))
             if self.gic.signalling():   # pending but masked by PSTATE.I
                 count = min(count, IRQ_POLL_SLICE)
+            if self.smp:
+                count = min(count, self.quantum)   # then the next vCPU's turn
 
             el0 = vcpu.el
             self._slice_t0 = self.now
@@ -291,7 +521,7 @@ class Host:
                     ec = C.EC_SVC64 if ex.kind is ExitKind.SVC else 0x17
                     self._guest_sync(ec, ex.imm, return_pc=ex.pc, what=ex.kind.value)
                 case ExitKind.BRK:
-                    if ex.imm == 0 and stop_at_brk0:
+                    if ex.imm == 0 and stop_at_brk0 and self._cur is self.cpus[0]:
                         self.trace.emit(self.now, "stop", pc=ex.pc)
                         return RunStop(ex.pc, self.retired, self.now)
                     self._guest_sync(C.EC_BRK64, ex.imm, return_pc=ex.pc, what="brk")
@@ -325,6 +555,7 @@ class Host:
             self.trace.account(t, t + n * self.ns_per_insn, self._mode(el), task)
             t += n * self.ns_per_insn
         self.retired += ex.retired
+        self._cur.retired += ex.retired
         self.now = t
 
     def _mode(self, el: int) -> str:

@@ -72,7 +72,9 @@ KINDS: dict[str, tuple[str, ...]] = {
     "apf_halt": ("token", "gpn"),
     "apf_release": ("token", "gpn"),
 }
-_KIND_FIELDS = {k: frozenset(v) for k, v in KINDS.items()}
+# With several vCPUs every record also carries ``vcpu`` (the index of the vCPU the host was
+# serving when it was made); a one-vCPU machine's records never do, so their digests stay.
+_KIND_FIELDS = {k: frozenset(v) | {"vcpu"} for k, v in KINDS.items()}
 
 # Counts by one field's value, kept for these kinds in every mode (records kept or not):
 # faults by the page's state, fallbacks by reason, stalls by reason.  Metrics read these.
@@ -149,6 +151,11 @@ class Trace:
         self.dropped = 0
         self._time = dict.fromkeys(MODES, 0)
         self._t0: int | None = None     # start of the first span (kept even when spans are not)
+        # Several vCPUs: each has its own tiling of time (its lane); ``select_lane`` swaps the
+        # lane's spans in, so ``account`` stays one code path. ``vcpu_tag`` marks records.
+        self.vcpu_tag: int | None = None
+        self._lanes: dict[int, tuple] = {}
+        self._lane = 0
 
     # -- the hot paths ---------------------------------------------------------------------
 
@@ -174,6 +181,8 @@ class Trace:
             tally = self._tallies.setdefault(kind, {})
             value = fields.get(key)
             tally[value] = tally.get(value, 0) + 1
+        if self.vcpu_tag is not None:
+            fields["vcpu"] = self.vcpu_tag
         records = self.records
         if len(records) < self._cap:
             rec = _new_object(Record)
@@ -219,6 +228,23 @@ class Trace:
             spans.append((t_start, t_end, mode, task))
         self._time[mode] += t_end - t_start
 
+    def select_lane(self, vcpu: int, *, tag: bool) -> None:
+        """Make vCPU ``vcpu``'s spans the ones ``account`` extends (several vCPUs only)."""
+        if vcpu == self._lane and (self.vcpu_tag is not None) == tag:
+            return
+        self._lanes[self._lane] = (self.spans, self._time, self._t0)
+        spans, time, t0 = self._lanes.get(vcpu) or ([], dict.fromkeys(MODES, 0), None)
+        self.spans, self._time, self._t0 = spans, time, t0
+        self._lane = vcpu
+        self.vcpu_tag = vcpu if tag else None
+
+    def lane(self, vcpu: int) -> tuple[list, dict]:
+        """(spans, ns per mode) of vCPU ``vcpu``."""
+        if vcpu == self._lane:
+            return self.spans, dict(self._time)
+        spans, time, _ = self._lanes.get(vcpu) or ([], dict.fromkeys(MODES, 0), None)
+        return spans, dict(time)
+
     # -- reading ---------------------------------------------------------------------------
 
     @property
@@ -234,8 +260,12 @@ class Trace:
             raise ParameterError(f"{kind!r} is not tallied; tallied kinds: {', '.join(TALLIED)}")
         return dict(sorted(self._tallies.get(kind, {}).items(), key=lambda kv: str(kv[0])))
 
-    def breakdown(self) -> dict[str, int]:
-        """ns of vCPU time per mode; every mode present; the values sum to elapsed_ns."""
+    def breakdown(self, vcpu: int | None = None) -> dict[str, int]:
+        """ns of vCPU time per mode; every mode present; the values sum to elapsed_ns.
+
+        With several vCPUs: of vCPU ``vcpu`` (default: the lane selected, vCPU 0 after a run)."""
+        if vcpu is not None:
+            return self.lane(vcpu)[1]
         return dict(self._time)
 
     def select(self, kind: str | None = None, **match) -> list[Record]:
@@ -267,6 +297,15 @@ class Trace:
         yield '],"spans":['
         for i, span in enumerate(self.spans):
             yield ("\n" if i == 0 else ",\n") + dumps(list(span), separators=_COMPACT)
+        if self.vcpu_tag is None and not self._lanes:
+            yield "]}\n"
+            return
+        # Several vCPUs: every lane's spans, by vCPU (the selected one included).
+        yield '],"lanes":['
+        lanes = sorted(set(self._lanes) | {self._lane})
+        for i, v in enumerate(lanes):
+            spans = self.lane(v)[0]
+            yield ("\n" if i == 0 else ",\n") + dumps([v, [list(sp) for sp in spans]], separators=_COMPACT)
         yield "]}\n"
 
     def digest(self) -> str:
