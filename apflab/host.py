@@ -23,7 +23,7 @@ from .cpu import ExitKind, Vcpu, decode_esr
 from .errors import BudgetExceeded, GuestError, GuestFault, InvariantError, ParameterError
 from .irq import ICC_SGI1R_EL1, GicCpu
 from .smp import MPIDR_EL1, SMP_QUANTUM, Power, VcpuState, pick, sgi_targets
-from .smccc import NO_RETURN, NOT_SUPPORTED, Call, Router, to_u64
+from .smccc import NO_RETURN, Call, Router, to_u64
 from .stage2 import PageState, Stage2
 from .timer import TIMER_PPI, VirtualTimer
 from .trace import Trace
@@ -107,18 +107,16 @@ class RunStop:
     reason: str = "brk"
 
 
-class _BootVcpuOnly:
-    """Routes a one-PE service's hypercalls from vCPU 0 only (see ``Host._boot_vcpu_only``)."""
+class _PerVcpu:
+    """One instance of a one-PE service per vCPU; a hypercall goes to the caller's."""
 
-    def __init__(self, inner, boot: Vcpu):
-        self.inner = inner
-        self.name = inner.name
-        self._boot = boot
+    def __init__(self, name: str, instances: list, index: dict[int, int]):
+        self.name = name
+        self.instances = instances
+        self._index = index
 
     def handle(self, vcpu, call: Call) -> object:
-        if vcpu is not self._boot:
-            return NOT_SUPPORTED
-        return self.inner.handle(vcpu, call)
+        return self.instances[self._index[id(vcpu)]].handle(vcpu, call)
 
 
 @dataclass(order=True)
@@ -152,6 +150,7 @@ class Host:
         self._seq = 0
         self.router = Router()
         self.system_off = False
+        self._capture: list | None = None
         self.current_task: Callable[[], int | None] = lambda: None
         self.services: dict[str, Registration] = {}
         self._before_entry: list[Callable[[Vcpu], None]] = []
@@ -227,8 +226,12 @@ class Host:
             raise InvariantError(f"register() takes a Registration, got {reg!r}")
         if reg.name in self.services:
             raise InvariantError(f"a service named {reg.name!r} is already registered")
+        if self._capture is not None:
+            self._capture.append(reg)      # inside install_per_vcpu
+            return
         if self.smp and not reg.per_vcpu:
-            reg = self._boot_vcpu_only(reg)
+            raise InvariantError(f"service {reg.name!r} models one PE: on a machine with several "
+                                 f"vCPUs install it with install_per_vcpu")
         if reg.fids is not None:
             self.router.register(reg.fids[0], reg.fids[1], reg.service)
         if reg.page_not_present is not None:
@@ -246,27 +249,44 @@ class Host:
         reg = self.services.get(name)
         if reg is None:
             return None
-        return getattr(reg.service, "inner", reg.service)
+        if isinstance(reg.service, _PerVcpu):
+            return reg.service.instances[self._cur.index]   # the current vCPU's instance
+        return reg.service
 
-    def _boot_vcpu_only(self, reg: Registration) -> Registration:
-        """A one-PE service on a several-vCPU machine: its hooks and hypercalls serve vCPU 0.
-
-        SDEI and APF keep one PE's state (issue 11, part 3 makes them per vCPU): another
-        vCPU's call gets NOT_SUPPORTED, and its stage-2 faults take the synchronous path
-        with the reason "not_boot_vcpu".
-        """
-        boot = self.cpus[0].vcpu
-        cur = lambda: self._cur.vcpu is boot
-        wrap = {
-            "before_entry": lambda h: (lambda v: h(v) if v is boot else None),
-            "wakes": lambda h: (lambda v: h(v) if v is boot else False),
-            "holds": lambda h: (lambda v: h(v) if v is boot else False),
-            "in_handler": lambda h: (lambda: h() if cur() else False),
-            "page_not_present": lambda h: (lambda v, f: h(v, f) if v is boot else "not_boot_vcpu"),
-        }
-        hooks = {name: fn(getattr(reg, name)) for name, fn in wrap.items() if getattr(reg, name) is not None}
-        return Registration(reg.name, _BootVcpuOnly(reg.service, boot), fids=reg.fids,
-                            per_vcpu=True, **hooks)
+    def install_per_vcpu(self, make: Callable[[int], object]) -> list:
+        """Install a one-PE service (SDEI, APF) once per vCPU: ``make(index)`` runs with that
+        vCPU current and registers as usual. A hypercall, hook or host event then reaches the
+        instance of the vCPU it concerns, and ``service(name)`` answers the current vCPU's.
+        Returns the instances, by vCPU index."""
+        here, captured = self._cur, []
+        self._capture = captured
+        try:
+            for st in self.cpus:
+                self._select(st)
+                make(st.index)
+                if len(captured) != st.index + 1:
+                    raise InvariantError("install_per_vcpu: make() must register exactly one service")
+        finally:
+            self._capture = None
+            self._select(here)
+        first = captured[0]
+        index = {id(st.vcpu): st.index for st in self.cpus}
+        mine = lambda v: captured[index[id(v)]]
+        hooks = {}
+        if first.before_entry is not None:
+            hooks["before_entry"] = lambda v: mine(v).before_entry(v)
+        if first.wakes is not None:
+            hooks["wakes"] = lambda v: mine(v).wakes(v)
+        if first.holds is not None:
+            hooks["holds"] = lambda v: mine(v).holds(v)
+        if first.page_not_present is not None:
+            hooks["page_not_present"] = lambda v, f: mine(v).page_not_present(v, f)
+        if first.in_handler is not None:
+            hooks["in_handler"] = lambda: captured[self._cur.index].in_handler()
+        instances = [reg.service for reg in captured]
+        self.register(Registration(first.name, _PerVcpu(first.service.name, instances, index),
+                                   fids=first.fids, per_vcpu=True, **hooks))
+        return instances
 
     def handler_running(self) -> bool:
         return any(f() for f in self._in_handler)
@@ -419,12 +439,21 @@ class Host:
             if st is sender:
                 st.gic.send_sgi(intid)
                 continue
-            self._select(st)
-            if st.power is Power.ON and st.halted and st.now < sender.now:
-                self.trace.account(st.now, sender.now, "halted", self.current_task())
-                st.now = sender.now
+            self.kick(i)
+            self._select(st)                 # its GIC's trace records name it
             st.gic.send_sgi(intid)
             self._select(sender)
+
+    def kick(self, index: int) -> None:
+        """Another vCPU sends vCPU ``index`` something that may wake it (an SGI, an SDEI
+        signal): if it is halted behind the sender's clock, bring it up, as halted time."""
+        st, sender = self.cpus[index], self._cur
+        if st is sender or st.power is not Power.ON or not st.halted or st.now >= sender.now:
+            return
+        self._select(st)
+        self.trace.account(st.now, sender.now, "halted", self.current_task())
+        st.now = sender.now
+        self._select(sender)
 
     def _clock_mid_slice(self, retired: int) -> None:
         # A trapped sysreg inside a slice sees the time after ``retired`` instructions.

@@ -103,13 +103,29 @@ class Machine:
         self.delivery = delivery
         self._sdei = None
         self._apf = None
+        self._sdeis: list = []
+        self._apfs: list = []
         if sdei:
             from .sdei import SdeiService
-            self._sdei = SdeiService.install(self._host, profile=profile)
+            if vcpus == 1:
+                self._sdeis = [SdeiService.install(self._host, profile=profile)]
+            else:   # SDEI state is per PE: one dispatcher per vCPU (private events; none shared)
+                self._sdeis = self._host.install_per_vcpu(
+                    lambda k: SdeiService.install(self._host, profile=profile))
+                for pe in self._sdeis:
+                    pe.peers = self._sdeis            # EVENT_SIGNAL to another PE
+            self._sdei = self._sdeis[0]
         if apf:
             from .apf import ApfService
             options = {} if irq_window is None else {"irq_window": irq_window}
-            self._apf = ApfService.install(self._host, delivery, **options)
+            if vcpus == 1:
+                self._apfs = [ApfService.install(self._host, delivery, **options)]
+            else:   # APF is per vCPU, as in KVM: its own shared block, queue and tokens
+                self._apfs = self._host.install_per_vcpu(
+                    lambda k: ApfService.install(self._host, delivery, **options))
+                for k, svc in enumerate(self._apfs):
+                    svc.vcpu_id = k                   # token = (id << 12) | vcpu_id, as KVM's
+            self._apf = self._apfs[0]
         self.program: Program | None = None
         self.symbols: dict[str, int] = {}
 
@@ -120,6 +136,16 @@ class Machine:
     trace = property(lambda self: self._host.trace)
     sdei = property(lambda self: self._sdei)
     psci = property(lambda self: self._psci)
+
+    def sdei_of(self, vcpu: int):
+        """vCPU ``vcpu``'s SDEI dispatcher (``sdei`` is vCPU 0's), or None without SDEI."""
+        self._vcpu_at(vcpu)
+        return self._sdeis[vcpu] if self._sdeis else None
+
+    def apf_of(self, vcpu: int):
+        """vCPU ``vcpu``'s APF service (``apf`` is vCPU 0's), or None without APF."""
+        self._vcpu_at(vcpu)
+        return self._apfs[vcpu] if self._apfs else None
     vcpus = property(lambda self: tuple(self._vcpus))   # vCPU i has MPIDR_EL1.Aff0 = i
     apf = property(lambda self: self._apf)
     now_ns = property(lambda self: self._host.now)

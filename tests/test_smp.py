@@ -345,20 +345,90 @@ def test_stage2_eviction_reaches_every_vcpus_tlb():
     assert m.trace.select("stall", vcpu=1)
 
 
-def test_apf_and_sdei_serve_the_boot_vcpu_only_for_now():
-    """With several vCPUs the one-PE services answer vCPU 0; another vCPU's SDEI call gets
-    NOT_SUPPORTED and its faults needing I/O stall with reason not_boot_vcpu."""
-    m = apflab.Machine(seed=0, vcpus=2)
-    syms = m.load_asm(EVICTED.replace("    ldr x6, [x4]             // after",
-                                      "    movz x0, #0x20\n    movk x0, #0xc400, lsl #16\n"
-                                      "    hvc #0\n    mov x20, x0\n    ldr x6, [x4]             // after"))
-    m.step(20_000)
+HALTED_FAULT = """
+_start:
+    adr x12, secondary
+""" + "\n".join("    " + l for l in mov64("x0", CPU_ON)) + """
+    mov x1, #1
+    mov x2, x12
+    hvc #0
+    adr x5, phase
+    mov x20, #0
+1:  add x20, x20, #1         // vCPU 0 keeps working while vCPU 1 waits for its page
+    ldr x6, [x5]
+    cbz x6, 1b
+    brk #0
+secondary:
+    msr daifclr, #2          // the halt design needs interrupts unmasked
+    adr x4, page
+    ldr x7, [x4]             // swapped out: vCPU 1's APF takes the fault
+    adr x5, phase
+    mov x6, #1
+    str x6, [x5]
+2:  b 2b
+.balign 8
+phase: .quad 0
+.balign 4096
+page: .quad 0
+"""
+
+
+def test_apf_is_per_vcpu_and_another_vcpu_runs_while_one_waits():
+    """vCPU 1's fault is vCPU 1's APF work (token vCPU id 1, halted in the host); vCPU 0
+    runs on meanwhile."""
+    m = apflab.Machine(seed=0, vcpus=2, delivery="halt")
+    syms = m.load_asm(HALTED_FAULT)
+    m.write_u64(syms["page"], 77)
     m.evict(syms["page"])
-    m.write_u64(syms["phase"], 1)
-    m.step(200_000)
-    assert m.read_u64(syms["phase"]) == 2
-    assert m.reg("x20", vcpu=1) == (1 << 64) - 1
-    assert m.trace.tally("stall").get("not_boot_vcpu") == 1
+    m.run(2_000_000)
+    assert m.reg("x7", vcpu=1) == 77
+    halts = m.trace.select("apf_halt")
+    assert [(r.get("vcpu"), r.get("token") & 0xFFF) for r in halts] == [(1, 1)]
+    assert m.apf_of(1).vcpu_id == 1 and m.apf_of(0) is m.apf and m.apf_of(1) is not m.apf
+    assert not m.trace.tally("stall")                       # nobody stalled synchronously
+    waited = m.trace.select("apf_page_in_done")[0].t_ns - halts[0].t_ns
+    assert waited > 10_000 and m.reg("x20") > waited // 10  # vCPU 0 ran through the wait
+
+
+def sdei(fid_low: int, *args: int) -> list[str]:
+    out = mov64("x0", 0xC4000000 | fid_low)
+    for i, a in enumerate(args, start=1):
+        out += mov64(f"x{i}", a)
+    return out + ["hvc #0"]
+
+
+SDEI_PER_PE = "\n".join(
+    ["_start:", "adr x12, secondary"] + mov64("x0", CPU_ON) + ["mov x1, #1", "mov x2, x12", "hvc #0",
+     "adr x5, ready", "1: ldr x6, [x5]", "cbz x6, 1b"]
+    + sdei(0x28, 0) + ["mov x21, x0"]                  # EVENT_STATUS(0) on PE 0
+    + sdei(0x2F, 0, 2) + ["mov x22, x0"]               # EVENT_SIGNAL to PE 2: no such PE
+    + sdei(0x2F, 0, 0) + ["mov x23, x0"]               # to PE 0, where event 0 is unregistered
+    + sdei(0x2F, 0, 1) + ["mov x24, x0"]               # to PE 1
+    + ["adr x5, got", "2: ldr x6, [x5]", "cbz x6, 2b", "mov x0, x6", "brk #0",
+       "secondary:", "adr x2, handler"]
+    + mov64("x0", 0xC4000021) + ["mov x1, #0", "mov x3, #0", "mov x4, #0", "hvc #0"]   # REGISTER(0, handler)
+    + sdei(0x22, 0)                                    # ENABLE(0)
+    + sdei(0x2C)                                       # PE_UNMASK
+    + sdei(0x28, 0) + ["mov x21, x0",
+       "adr x5, ready", "mov x6, #1", "str x6, [x5]", "3: b 3b",
+       "handler:", "mrs x9, mpidr_el1", "and x9, x9, #0xff", "add x9, x9, #0x100",
+       "adr x5, got", "str x9, [x5]"]
+    + mov64("x0", 0xC4000025) + ["hvc #0",             # EVENT_COMPLETE
+       ".balign 8", "ready: .quad 0", "got: .quad 0"]) + "\n"
+
+
+def test_sdei_events_are_private_to_each_pe_and_signal_reaches_the_target_pe():
+    m = apflab.Machine(seed=0, vcpus=2)
+    m.load_asm(SDEI_PER_PE)
+    m.run(500_000)
+    assert m.reg("x21", vcpu=1) == 3                 # registered + enabled on PE 1
+    assert m.reg("x21") == 0                          # ...and not on PE 0
+    assert m.reg("x22") == (1 << 64) - 2              # INVALID_PARAMETERS
+    assert m.reg("x23") == (1 << 64) - 3              # DENIED (lab choice)
+    assert m.reg("x24") == 0
+    assert m.reg("x0") == 0x101                       # the handler ran on vCPU 1
+    assert [r.get("vcpu") for r in m.trace.select("sdei_dispatch")] == [1]
+    assert m.sdei_of(1) is not m.sdei
 
 
 # ---------------------------------------------------------------------------------- bad input
