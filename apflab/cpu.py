@@ -82,7 +82,11 @@ _TPIDR_EL0 = (3, 3, 13, 0, 2)
 # "max" (later Armv8.x features, LSE among them).
 CPU_MODELS = {"cortex-a72": A.UC_CPU_ARM64_A72, "max": A.UC_CPU_ARM64_MAX}
 _CLREX = 0xD503305F            # clrex
-_CLREX_PAGE = 0x1000           # below guest RAM (0x4000_0000): never a guest address
+# The stub's page: the top page of the 48-bit address space, far from guest RAM. Its
+# translation stays cached after the stub ran (a TLB flush per vCPU switch costs a quarter
+# of the 4-vCPU speed), so a guest access to exactly this page would read the stub instead
+# of faulting: on hardware, with the MMU off, it is an address-size fault.
+_CLREX_PAGE = 0xFFFF_FFFF_F000
 
 # System registers by (op0, op1, CRn, CRm, op2), for the trap table.
 SysregKey = tuple[int, int, int, int, int]
@@ -356,7 +360,6 @@ class Vcpu:
         finally:
             self._in_clrex = False
         self.pc = pc
-        self.flush_tlb()      # drop the stub page's translation: the guest must never reach it
 
     def flush_tlb(self) -> None:
         """Drop every cached translation (after stage-2 unmapped a page)."""
@@ -508,7 +511,7 @@ class Vcpu:
     # ------------------------------------------------------------------ hooks
     def _tlb_fill(self, uc, vaddr, access, entry, _ud):
         try:
-            if self._in_clrex and vaddr & PAGE_MASK == _CLREX_PAGE:   # the stub only, never the guest
+            if self._in_clrex and vaddr & PAGE_MASK == _CLREX_PAGE:   # filled for the stub only
                 entry.paddr = _CLREX_PAGE
                 entry.perms = UC_PROT_ALL
                 return True
