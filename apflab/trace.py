@@ -295,9 +295,10 @@ class Trace:
             sep = "\n" if i == 0 else ",\n"
             yield sep + dumps([rec.t_ns, rec.kind, dict(rec.fields)], separators=_COMPACT)
         yield '],"spans":['
-        for i, span in enumerate(self.spans):
+        multi = self.vcpu_tag is not None or bool(self._lanes)
+        for i, span in enumerate(self.lane(0)[0] if multi else self.spans):
             yield ("\n" if i == 0 else ",\n") + dumps(list(span), separators=_COMPACT)
-        if self.vcpu_tag is None and not self._lanes:
+        if not multi:
             yield "]}\n"
             return
         # Several vCPUs: every lane's spans, by vCPU (the selected one included).
@@ -386,6 +387,7 @@ def _truncated(text: str, e: json.JSONDecodeError) -> bool:
 
 _KEYS = ("format", "version", "keep_records", "max_records", "dropped", "counts", "tallies",
          "records", "spans")
+_OPTIONAL_KEYS = ("lanes",)     # several vCPUs: [[vcpu, spans], ...]; "spans" are vCPU 0's
 
 
 def _is_int(v) -> bool:
@@ -406,7 +408,7 @@ def _load(obj) -> Trace:
     for key in _KEYS:
         if key not in obj:
             raise TraceFormatError(f"key {key!r} missing")
-    extra = sorted(set(obj) - set(_KEYS))
+    extra = sorted(set(obj) - set(_KEYS) - set(_OPTIONAL_KEYS))
     if extra:
         raise TraceFormatError(f"unexpected key {extra[0]!r}")
     keep, cap, dropped, counts = (obj["keep_records"], obj["max_records"], obj["dropped"],
@@ -448,7 +450,29 @@ def _load(obj) -> Trace:
         raise TraceFormatError(f"counts total {sum(counts.values())} != {len(trace.records)} "
                                f"records + {dropped} dropped")
     _load_spans(trace, obj["spans"])
+    if "lanes" in obj:
+        _load_lanes(trace, obj["lanes"])
     return trace
+
+
+def _load_lanes(trace: Trace, lanes) -> None:
+    if not isinstance(lanes, list) or not lanes:
+        raise TraceFormatError("lanes is not a non-empty list")
+    seen = set()
+    for i, item in enumerate(lanes):
+        if not isinstance(item, list) or len(item) != 2 or not _is_int(item[0]) or item[0] < 0:
+            raise TraceFormatError(f"lane {i}: not a [vcpu, spans] pair")
+        vcpu, spans = item
+        if vcpu in seen:
+            raise TraceFormatError(f"lane {i}: vCPU {vcpu} appears twice")
+        seen.add(vcpu)
+        if vcpu == 0:
+            if spans != [list(sp) for sp in trace.spans]:
+                raise TraceFormatError("lane of vCPU 0 differs from spans")
+            continue
+        trace.select_lane(vcpu, tag=True)
+        _load_spans(trace, spans)
+    trace.select_lane(0, tag=True)
 
 
 def _load_records(items) -> list[Record]:

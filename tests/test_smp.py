@@ -513,3 +513,14 @@ def test_one_vcpu_machine_is_unchanged_by_default():
     m = apflab.Machine(seed=0)
     assert len(m.vcpus) == 1 and m.host.cpus[0].vcpu is m.vcpu
     assert m.psci is None
+
+
+def test_a_several_vcpu_trace_saves_and_loads_with_its_lanes():
+    m = run_counter(2)
+    text = m.trace.to_json()
+    back = apflab.Trace.from_json(text)
+    assert back.digest() == m.trace.digest()
+    assert back.lane(1)[0] == m.trace.lane(1)[0] and back.breakdown(vcpu=1) == m.trace.breakdown(vcpu=1)
+    bad = text.replace('"lanes":[\n[0,', '"lanes":[\n[1,', 1)
+    with pytest.raises(apflab.TraceFormatError):
+        apflab.Trace.from_json(bad)
