@@ -325,7 +325,7 @@ class Host:
 
         With several vCPUs that may be another vCPU than the current one: it is made
         current for the event, its clock first brought up to the event's time if it was
-        halted behind it (nothing else can leave a vCPU behind the one running).
+        halted behind it (a running vCPU is never behind: the loop runs the earliest).
         """
         owner = ev.cpu
         if owner is None or owner is self._cur:
@@ -333,7 +333,7 @@ class Host:
             return
         here = self._cur
         self._select(owner)
-        if owner.power is Power.ON and owner.now < ev.t_ns:
+        if owner.power is Power.ON and owner.halted and owner.now < ev.t_ns:
             self.trace.account(owner.now, ev.t_ns, "halted", self.current_task())
             owner.now = ev.t_ns
         try:
@@ -469,10 +469,11 @@ class Host:
         """The vCPU waits in the host (synchronous page-in): accounted as stalled.
 
         Host events that fall due meanwhile (other page-ins) are processed;
-        the guest sees none of them until it runs again.
+        the guest sees none of them until it runs again. With several vCPUs they are
+        not: the other vCPUs run meanwhile and the loop delivers events in time order.
         """
         t0 = self.now
-        while self._events and self._events[0].t_ns <= t_ns:
+        while len(self.cpus) == 1 and self._events and self._events[0].t_ns <= t_ns:
             ev = heapq.heappop(self._events)
             if ev.t_ns > self.now:
                 self.trace.account(self.now, ev.t_ns, "stalled", self.current_task())
@@ -600,6 +601,8 @@ class Host:
             return
         nxt = self.next_event_ns()
         if nxt is None:
+            if self.smp:
+                return      # another vCPU may wake it; ``_next_vcpu`` names a machine-wide halt
             pc = self.vcpu.pc - 4
             raise GuestError("vCPU halted in wfi with nothing that could ever wake it "
                              "(no timer armed, no host work pending)", pc=pc, insn=self.vcpu.disasm_at(pc))

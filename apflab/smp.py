@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .irq import GicCpu
-from .timer import VirtualTimer
+from .timer import TIMER_PPI, VirtualTimer
 
 MAX_VCPUS = 8                  # Aff0 only, and an SGI target list of 16 bits covers it
 SMP_QUANTUM = 10_000           # instructions per slice while another vCPU could run: a vCPU
@@ -80,8 +80,8 @@ def sgi_targets(value: int, sender: int, count: int) -> list[int]:
 
 def wake_time(st: VcpuState, next_host_event: int | None, can_wake) -> int | None:
     """When a halted vCPU should next be looked at, or None if nothing could wake it."""
-    if can_wake(st) or st.timer.output():     # the timer line rises when it is next looked at
-        return st.now
+    if can_wake(st) or (st.timer.output() and not st.gic.line[TIMER_PPI]):
+        return st.now                         # (the timer line rises when it is next looked at)
     times = [t for t in (st.timer.next_fire_ns(), next_host_event) if t is not None]
     return max(st.now, min(times)) if times else None
 

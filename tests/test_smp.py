@@ -390,6 +390,20 @@ def test_apf_is_per_vcpu_and_another_vcpu_runs_while_one_waits():
     assert waited > 10_000 and m.reg("x20") > waited // 10  # vCPU 0 ran through the wait
 
 
+def test_while_one_vcpu_stalls_in_a_synchronous_fault_the_other_runs():
+    m = apflab.Machine(seed=0, vcpus=2, apf=False)
+    syms = m.load_asm(HALTED_FAULT)
+    m.write_u64(syms["page"], 77)
+    m.evict(syms["page"])
+    m.run(2_000_000)
+    assert m.reg("x7", vcpu=1) == 77
+    stalled = m.trace.breakdown(vcpu=1)["stalled"]
+    assert stalled > 10_000
+    zero = m.trace.breakdown(vcpu=0)
+    assert zero["stalled"] == 0 and zero["halted"] == 0
+    assert m.reg("x20") > stalled // 10
+
+
 def sdei(fid_low: int, *args: int) -> list[str]:
     out = mov64("x0", 0xC4000000 | fid_low)
     for i, a in enumerate(args, start=1):
