@@ -22,6 +22,7 @@ from . import cpu as C
 from .cpu import ExitKind, Vcpu, decode_esr
 from .errors import BudgetExceeded, GuestError, GuestFault, InvariantError, ParameterError
 from .irq import ICC_SGI1R_EL1, GicCpu
+from .pcpu import DEFAULT_TIME_SLICE_NS, HostScheduler
 from .smp import MPIDR_EL1, SMP_QUANTUM, Power, VcpuState, pick, sgi_targets
 from .smccc import NO_RETURN, Call, Router, to_u64
 from .stage2 import PageState, Stage2
@@ -132,7 +133,8 @@ class Host:
     """Owns the virtual clock, the event queue and the exit dispatch."""
 
     def __init__(self, vcpu: Vcpu | list[Vcpu], stage2: Stage2, *, seed: int = 0, ns_per_insn: int = 1,
-                 costs: HostCosts | None = None, trace: Trace | None = None, quantum: int = SMP_QUANTUM):
+                 costs: HostCosts | None = None, trace: Trace | None = None, quantum: int = SMP_QUANTUM,
+                 pcpus: int | None = None, time_slice_ns: int | None = None):
         if not isinstance(ns_per_insn, int) or isinstance(ns_per_insn, bool) or ns_per_insn < 1:
             raise ParameterError(f"ns_per_insn must be an int >= 1, got {ns_per_insn!r}")
         if not isinstance(quantum, int) or isinstance(quantum, bool) or quantum < 1:
@@ -165,6 +167,13 @@ class Host:
         self._cur = self.cpus[0]
         if len(self.cpus) > 1:
             self.trace.select_lane(0, tag=True)   # every record names its vCPU from the start
+        # Physical CPUs (pcpu.py): only when asked for; None keeps vCPUs always on a CPU.
+        self.sched: HostScheduler | None = None
+        if pcpus is not None:
+            self.sched = HostScheduler(pcpus, DEFAULT_TIME_SLICE_NS if time_slice_ns is None else time_slice_ns)
+            self.trace.enable_steal()
+        elif time_slice_ns is not None:
+            raise ParameterError("time_slice_ns needs pcpus (the number of physical CPUs)")
         stage2.on_unmap = self._flush_tlbs     # stage-2 changes reach every vCPU's TLB
         stage2.on_event = self._trace_event
 
@@ -355,9 +364,75 @@ class Host:
             if self._cur is not boot:
                 self._select(boot)
             return RunStop(boot.vcpu.pc, self.retired, boot.now, reason="system_off")
+        if self.sched is not None:
+            return self._next_vcpu_on_pcpus()
         if len(self.cpus) == 1 and self._cur.power is not Power.OFF:
             return None
         nxt = pick(self.cpus, self._events[0].t_ns if self._events else None, self._can_wake)
+        return self._switch_to(nxt)
+
+    def _next_vcpu_on_pcpus(self) -> None:
+        """``_next_vcpu`` with physical CPUs: the vCPU that just ran gives its pCPU up if it
+        halted or went off; the one picked must hold a pCPU (or get one, or queue and let
+        another be picked); a slice that is over with others waiting is preempted."""
+        sched, cur = self.sched, self._cur
+        if sched.pcpu_of(cur) is not None and (cur.halted or cur.power is Power.OFF):
+            sched.release(cur, cur.now, self._steal)
+        nxt_event = self._events[0].t_ns if self._events else None
+        while True:
+            nxt = pick(self.cpus, nxt_event, self._can_wake, sched.is_waiting)
+            if nxt is None or nxt.halted or self._held(nxt):
+                break
+            if sched.pcpu_of(nxt) is None:
+                if sched.want(nxt, self._steal):
+                    break
+                continue                    # queued for a pCPU: another vCPU's turn
+            if sched.expired(nxt):
+                sched.release(nxt, nxt.now, self._steal)
+                sched.want(nxt, self._steal)   # behind the vCPUs that waited
+                continue
+            break
+        return self._switch_to(nxt)
+
+    def cpu_report(self) -> dict:
+        """Per vCPU: run, stall, steal and idle ns (from its lane); per physical CPU: busy
+        ns and utilisation over the elapsed time (the latest vCPU clock); preemptions."""
+        end = max(st.now for st in self.cpus)
+        vcpus = []
+        for st in self.cpus:
+            modes = self.trace.breakdown(vcpu=st.index) if self.smp else self.trace.breakdown()
+            vcpus.append({"vcpu": st.index,
+                          "run_ns": modes["el0"] + modes["el1"] + modes["handler"] + modes["host"],
+                          "stall_ns": modes["stalled"], "steal_ns": modes.get("steal", 0),
+                          "idle_ns": modes["halted"]})
+        out = {"elapsed_ns": end, "vcpus": vcpus}
+        if self.sched is not None:
+            self.sched.close(lambda st: st.now)
+            out["pcpus"] = [{"pcpu": p.index, "busy_ns": p.busy_ns,
+                             "utilisation": round(p.utilisation(end), 4)} for p in self.sched.pcpus]
+            out["preemptions"] = self.sched.preemptions
+            out["time_slice_ns"] = self.sched.time_slice_ns
+        return out
+
+    def _held(self, st: VcpuState) -> bool:
+        return bool(self._holders) and any(h(st.vcpu) for h in self._holders)
+
+    def _steal(self, st: VcpuState, t: int) -> None:
+        """``st`` waited for a physical CPU until ``t``: steal time in its lane."""
+        if t <= st.now:
+            return
+        here = self._cur
+        self._select(st)
+        self.trace.account(st.now, t, "steal", self.current_task())
+        st.now = t
+        self._select(here)
+
+    def release_pcpu(self) -> None:
+        """The current vCPU stops needing a physical CPU (a stall, a hold in the host)."""
+        if self.sched is not None:
+            self.sched.release(self._cur, self.now, self._steal)
+
+    def _switch_to(self, nxt: VcpuState | None) -> None:
         if nxt is None:
             on = [st for st in self.cpus if st.power is not Power.OFF]
             if not on:
@@ -415,6 +490,8 @@ class Host:
         """PSCI CPU_OFF: ``st`` stops; only CPU_ON starts it again."""
         st.power = Power.OFF
         st.halted = False
+        if self.sched is not None:
+            self.sched.release(st, st.now, self._steal)
 
     def describe_vcpus(self) -> str:
         """Where each vCPU that is on stands: for budget errors and halts."""
@@ -473,6 +550,7 @@ class Host:
         not: the other vCPUs run meanwhile and the loop delivers events in time order.
         """
         t0 = self.now
+        self.release_pcpu()      # physical CPUs: another vCPU may use this one meanwhile
         while len(self.cpus) == 1 and self._events and self._events[0].t_ns <= t_ns:
             ev = heapq.heappop(self._events)
             if ev.t_ns > self.now:
@@ -536,6 +614,8 @@ class Host:
                 count = min(count, IRQ_POLL_SLICE)
             if self.smp:
                 count = min(count, self.quantum)   # then the next vCPU's turn
+            if self.sched is not None:             # ...and not past its pCPU time slice
+                count = min(count, -(-self.sched.budget_ns(self._cur) // self.ns_per_insn))
 
             el0 = vcpu.el
             self._slice_t0 = self.now
@@ -616,6 +696,7 @@ class Host:
         nxt = self.next_event_ns()
         if nxt is None:
             raise InvariantError("vCPU held in the host with no host event that could release it")
+        self.release_pcpu()
         if nxt > self.now:
             self.trace.account(self.now, nxt, "stalled", self.current_task())
             self.now = nxt

@@ -45,7 +45,8 @@ class Machine:
                  costs: HostCosts | None = None, policy: str = "fifo", sdei: bool = True,
                  apf: bool = True, profile: str = "lab", keep_records: bool = True,
                  postcopy: dict | None = None, delivery: str = "sdei", irq_window: str | None = None,
-                 vcpus: int = 1, quantum: int = SMP_QUANTUM, cpu_model: str = "cortex-a72"):
+                 vcpus: int = 1, quantum: int = SMP_QUANTUM, cpu_model: str = "cortex-a72",
+                 pcpus: int | None = None, time_slice_ns: int | None = None):
         _check_int("seed", seed)
         _check_int("vcpus", vcpus)
         if not 1 <= vcpus <= MAX_VCPUS:
@@ -54,6 +55,10 @@ class Machine:
         if cpu_model not in CPU_MODELS:
             raise ParameterError(f"cpu_model must be one of {', '.join(CPU_MODELS)} "
                                  f"('max' has the LSE atomics), got {cpu_model!r}")
+        if pcpus is not None:
+            _check_int("pcpus", pcpus)
+        if time_slice_ns is not None:
+            _check_int("time_slice_ns", time_slice_ns)
         _check_int("quantum", quantum)
         if quantum < 1:
             raise ParameterError(f"quantum must be at least 1 instruction, got {quantum!r}")
@@ -88,7 +93,7 @@ class Machine:
                               limit_bytes=memory_limit, policy=policy, remote=remote)
         self._host = Host(self._vcpus if vcpus > 1 else self._vcpu, self._stage2, seed=seed,
                           ns_per_insn=ns_per_insn, costs=costs, trace=Trace(keep_records=keep_records),
-                          quantum=quantum)
+                          quantum=quantum, pcpus=pcpus, time_slice_ns=time_slice_ns)
         # PSCI only with several vCPUs: a one-vCPU machine stays exactly as before (where,
         # e.g., lab 3 teaches that nobody answers PSCI function IDs).
         self._psci = None
@@ -136,6 +141,11 @@ class Machine:
     trace = property(lambda self: self._host.trace)
     sdei = property(lambda self: self._sdei)
     psci = property(lambda self: self._psci)
+
+    def cpu_report(self) -> dict:
+        """Where each vCPU's time went (run, stall, steal, idle) and, with ``pcpus``, each
+        physical CPU's utilisation: the host's view next to the guest's."""
+        return self._host.cpu_report()
 
     def sdei_of(self, vcpu: int):
         """vCPU ``vcpu``'s SDEI dispatcher (``sdei`` is vCPU 0's), or None without SDEI."""

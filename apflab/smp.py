@@ -86,12 +86,14 @@ def wake_time(st: VcpuState, next_host_event: int | None, can_wake) -> int | Non
     return max(st.now, min(times)) if times else None
 
 
-def pick(states: list[VcpuState], next_host_event: int | None, can_wake) -> VcpuState | None:
+def pick(states: list[VcpuState], next_host_event: int | None, can_wake,
+         waiting=None) -> VcpuState | None:
     """The vCPU to run next (see the module docstring), or None if every one that is on
-    is halted with nothing that could ever wake it."""
+    is halted with nothing that could ever wake it. ``waiting(st)``: True for a vCPU
+    queued for a physical CPU (``pcpu.py``), which cannot run until one is handed to it."""
     best, best_key = None, None
     for st in states:
-        if st.power is Power.OFF:
+        if st.power is Power.OFF or (waiting is not None and waiting(st)):
             continue
         t = wake_time(st, next_host_event, can_wake) if st.halted else st.now
         if t is None:

@@ -83,7 +83,9 @@ TALLIED = {"stage2_fault": "state", "apf_fallback": "reason", "stall": "reason"}
 FORMAT_TAG = "apflab-trace"
 FORMAT_VERSION = 2     # 2: "tallies" (counts by a field) in the header
 
-_MODE_SET = frozenset(MODES)
+STEAL = "steal"    # several vCPUs on fewer physical CPUs (pcpu.py): runnable, waiting for a CPU.
+                   # Only such machines have it, so one-vCPU breakdowns keep their keys.
+_MODE_SET = frozenset(MODES) | {STEAL}
 _FIELD_TYPES = frozenset({int, str, bool, type(None)})
 _MISSING = object()
 _COMPACT = (",", ":")
@@ -156,6 +158,7 @@ class Trace:
         self.vcpu_tag: int | None = None
         self._lanes: dict[int, tuple] = {}
         self._lane = 0
+        self._steal = False
 
     # -- the hot paths ---------------------------------------------------------------------
 
@@ -233,16 +236,29 @@ class Trace:
         if vcpu == self._lane and (self.vcpu_tag is not None) == tag:
             return
         self._lanes[self._lane] = (self.spans, self._time, self._t0)
-        spans, time, t0 = self._lanes.get(vcpu) or ([], dict.fromkeys(MODES, 0), None)
+        spans, time, t0 = self._lanes.get(vcpu) or ([], self._new_time(), None)
         self.spans, self._time, self._t0 = spans, time, t0
         self._lane = vcpu
         self.vcpu_tag = vcpu if tag else None
+
+    def enable_steal(self) -> None:
+        """Physical CPUs are modelled: every lane gets a "steal" mode."""
+        self._steal = True
+        self._time.setdefault(STEAL, 0)
+        for spans, time, t0 in self._lanes.values():
+            time.setdefault(STEAL, 0)
+
+    def _new_time(self) -> dict:
+        time = dict.fromkeys(MODES, 0)
+        if self._steal:
+            time[STEAL] = 0
+        return time
 
     def lane(self, vcpu: int) -> tuple[list, dict]:
         """(spans, ns per mode) of vCPU ``vcpu``."""
         if vcpu == self._lane:
             return self.spans, dict(self._time)
-        spans, time, _ = self._lanes.get(vcpu) or ([], dict.fromkeys(MODES, 0), None)
+        spans, time, _ = self._lanes.get(vcpu) or ([], self._new_time(), None)
         return spans, dict(time)
 
     # -- reading ---------------------------------------------------------------------------
@@ -522,4 +538,6 @@ def _load_spans(trace: Trace, items) -> None:
             if (prev[2], prev[3]) == (mode, task):
                 raise TraceFormatError(f"span {i}: same mode and task as span {i - 1} "
                                        "(spans are stored merged)")
+        if mode == STEAL and not trace._steal:
+            trace.enable_steal()
         trace.account(t_start, t_end, mode, task)
