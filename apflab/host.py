@@ -90,8 +90,9 @@ class Registration:
     name: str
     service: object
     fids: tuple[int, int] | None = None
-    per_vcpu: bool = False      # False: the service models one PE; with several vCPUs it
-                                # serves vCPU 0 only (its hooks see no other vCPU)
+    per_vcpu: bool = False      # True: the service serves every vCPU itself (PSCI). False: it
+                                # models one PE; with several vCPUs install it once per vCPU
+                                # (``install_per_vcpu``), registering it directly is refused
     before_entry: Callable[[Vcpu], None] | None = None
     wakes: Callable[[Vcpu], bool] | None = None
     in_handler: Callable[[], bool] | None = None
@@ -271,13 +272,15 @@ class Host:
         self._capture = captured
         try:
             for st in self.cpus:
-                self._select(st)
+                if self.smp:
+                    self._select(st)
                 make(st.index)
                 if len(captured) != st.index + 1:
                     raise InvariantError("install_per_vcpu: make() must register exactly one service")
         finally:
             self._capture = None
-            self._select(here)
+            if self.smp:
+                self._select(here)
         first = captured[0]
         index = {id(st.vcpu): st.index for st in self.cpus}
         mine = lambda v: captured[index[id(v)]]

@@ -538,3 +538,20 @@ def test_a_several_vcpu_trace_saves_and_loads_with_its_lanes():
     bad = text.replace('"lanes":[\n[0,', '"lanes":[\n[1,', 1)
     with pytest.raises(apflab.TraceFormatError):
         apflab.Trace.from_json(bad)
+
+
+def test_a_one_pe_service_registered_directly_on_several_vcpus_is_refused():
+    from apflab.host import Registration
+    m = apflab.Machine(seed=0, vcpus=2, sdei=False, apf=False)
+
+    class Probe:
+        name = "probe"
+
+        def handle(self, vcpu, call):
+            return 0
+
+    with pytest.raises(apflab.InvariantError, match="install_per_vcpu"):
+        m.host.register(Registration("probe", Probe(), fids=(0x82000000, 0x82000001)))
+    got = m.host.install_per_vcpu(lambda k: m.host.register(Registration("probe", Probe(),
+                                                                         fids=(0x82000000, 0x82000001))))
+    assert len(got) == 2 and got[0] is not got[1]
