@@ -23,7 +23,7 @@ from .cpu import ExitKind, Vcpu, decode_esr
 from .errors import BudgetExceeded, GuestError, GuestFault, InvariantError, ParameterError
 from .irq import ICC_SGI1R_EL1, GicCpu
 from .pcpu import DEFAULT_TIME_SLICE_NS, HostScheduler
-from .smp import MPIDR_EL1, SMP_QUANTUM, Power, VcpuState, pick, sgi_targets
+from .smp import MPIDR_EL1, SMP_QUANTUM, Power, VcpuState, earliest, pick, sgi_targets
 from .smccc import NO_RETURN, Call, Router, to_u64
 from .stage2 import PageState, Stage2
 from .timer import TIMER_PPI, VirtualTimer
@@ -135,7 +135,7 @@ class Host:
 
     def __init__(self, vcpu: Vcpu | list[Vcpu], stage2: Stage2, *, seed: int = 0, ns_per_insn: int = 1,
                  costs: HostCosts | None = None, trace: Trace | None = None, quantum: int = SMP_QUANTUM,
-                 pcpus: int | None = None, time_slice_ns: int | None = None):
+                 pcpus: int | HostScheduler | None = None, time_slice_ns: int | None = None):
         if not isinstance(ns_per_insn, int) or isinstance(ns_per_insn, bool) or ns_per_insn < 1:
             raise ParameterError(f"ns_per_insn must be an int >= 1, got {ns_per_insn!r}")
         if not isinstance(quantum, int) or isinstance(quantum, bool) or quantum < 1:
@@ -169,8 +169,16 @@ class Host:
         if len(self.cpus) > 1:
             self.trace.select_lane(0, tag=True)   # every record names its vCPU from the start
         # Physical CPUs (pcpu.py): only when asked for; None keeps vCPUs always on a CPU.
+        # A HostScheduler instance is shared with other VMs (pcpu.run_tenants).
         self.sched: HostScheduler | None = None
-        if pcpus is not None:
+        self.horizon: Callable[[], int | None] | None = None   # run_tenants: the other VMs'
+                                            # next turn; this VM yields rather than go past it
+        if isinstance(pcpus, HostScheduler):
+            if time_slice_ns is not None:
+                raise ParameterError("time_slice_ns belongs to the shared HostScheduler")
+            self.sched = pcpus
+            self.trace.enable_steal()
+        elif pcpus is not None:
             self.sched = HostScheduler(pcpus, DEFAULT_TIME_SLICE_NS if time_slice_ns is None else time_slice_ns)
             self.trace.enable_steal()
         elif time_slice_ns is not None:
@@ -180,7 +188,7 @@ class Host:
 
     def _attach(self, index: int, vcpu: Vcpu, count: int) -> VcpuState:
         """Give a vCPU its own GIC CPU interface and timer, and wire its traps."""
-        st = VcpuState(index, vcpu, GicCpu(), None)
+        st = VcpuState(index, vcpu, GicCpu(), None, host=self)
         st.timer = VirtualTimer(now=lambda: st.now)
         st.gic.on_event = self._trace_event
         reads, writes = {}, {}
@@ -374,7 +382,7 @@ class Host:
         nxt = pick(self.cpus, self._events[0].t_ns if self._events else None, self._can_wake)
         return self._switch_to(nxt)
 
-    def _next_vcpu_on_pcpus(self) -> None:
+    def _next_vcpu_on_pcpus(self) -> RunStop | None:
         """``_next_vcpu`` with physical CPUs: the vCPU that just ran gives its pCPU up if it
         halted or went off; the one picked must hold a pCPU (or get one, or queue and let
         another be picked); a slice that is over with others waiting is preempted."""
@@ -383,7 +391,15 @@ class Host:
             sched.release(cur, cur.now, self._steal)
         nxt_event = self._events[0].t_ns if self._events else None
         while True:
-            nxt = pick(self.cpus, nxt_event, self._can_wake, sched.is_waiting)
+            nxt, key = earliest(self.cpus, nxt_event, self._can_wake, sched.is_waiting)
+            limit = self.horizon() if self.horizon is not None else None
+            if limit is not None and key is not None and key > limit:
+                # another VM sharing the pCPUs has an earlier turn (pcpu.run_tenants)
+                return RunStop(self.cpus[0].vcpu.pc, self.retired, self.cpus[0].now, reason="yield")
+            if nxt is None and any(sched.is_waiting(st) for st in self.cpus):
+                # every vCPU that could run waits for a pCPU another VM holds
+                return RunStop(self.cpus[0].vcpu.pc, self.retired, self.cpus[0].now,
+                               reason="waiting_for_pcpu")
             if nxt is None or nxt.halted or self._held(nxt):
                 break
             if sched.pcpu_of(nxt) is None:
@@ -420,8 +436,24 @@ class Host:
     def _held(self, st: VcpuState) -> bool:
         return bool(self._holders) and any(h(st.vcpu) for h in self._holders)
 
+    def next_turn_ns(self) -> int | None:
+        """The virtual time of this VM's next turn (None: it cannot run until another VM
+        hands it a physical CPU, or never)."""
+        waiting = self.sched.is_waiting if self.sched is not None else None
+        return earliest(self.cpus, self._events[0].t_ns if self._events else None,
+                        self._can_wake, waiting)[1]
+
+    def leave_pcpus(self) -> None:
+        """The VM stops (its run is over): its vCPUs give their physical CPUs up."""
+        if self.sched is not None:
+            for st in self.cpus:
+                self.sched.release(st, st.now, self._steal)
+
     def _steal(self, st: VcpuState, t: int) -> None:
         """``st`` waited for a physical CPU until ``t``: steal time in its lane."""
+        if st.host is not self:
+            st.host._steal(st, t)           # a vCPU of another VM sharing the pCPUs
+            return
         if t <= st.now:
             return
         here = self._cur

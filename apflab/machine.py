@@ -46,7 +46,7 @@ class Machine:
                  apf: bool = True, profile: str = "lab", keep_records: bool = True,
                  postcopy: dict | None = None, delivery: str = "sdei", irq_window: str | None = None,
                  vcpus: int = 1, quantum: int = SMP_QUANTUM, cpu_model: str = "cortex-a72",
-                 pcpus: int | None = None, time_slice_ns: int | None = None):
+                 pcpus=None, time_slice_ns: int | None = None):
         _check_int("seed", seed)
         _check_int("vcpus", vcpus)
         if not 1 <= vcpus <= MAX_VCPUS:
@@ -55,8 +55,9 @@ class Machine:
         if cpu_model not in CPU_MODELS:
             raise ParameterError(f"cpu_model must be one of {', '.join(CPU_MODELS)} "
                                  f"('max' has the LSE atomics), got {cpu_model!r}")
-        if pcpus is not None:
-            _check_int("pcpus", pcpus)
+        from .pcpu import HostScheduler
+        if pcpus is not None and not isinstance(pcpus, HostScheduler):
+            _check_int("pcpus", pcpus)   # an int, or a HostScheduler shared with other VMs
         if time_slice_ns is not None:
             _check_int("time_slice_ns", time_slice_ns)
         _check_int("quantum", quantum)

@@ -10,8 +10,11 @@ A vCPU advances only while it holds a physical CPU (pCPU). It is in one of three
 
 Decisions are made in virtual time from the vCPUs' clocks, so they are deterministic.
 A pCPU freed at time t serves a waiting vCPU from max(t, its clock). Utilisation of a
-pCPU is the time it ran vCPUs over the elapsed time. One VM only: several VMs sharing the
-pCPUs (issue 11 item 2, "other tenants") are not modelled here.
+pCPU is the time it ran vCPUs over the elapsed time.
+
+Other tenants: several VMs (``Machine(pcpus=sched)`` with one shared ``HostScheduler``)
+share the pCPUs; ``run_tenants`` runs them interleaved in virtual time, each VM running
+until its next turn comes after another VM's or all its runnable vCPUs wait for a pCPU.
 """
 
 from __future__ import annotations
@@ -114,3 +117,69 @@ class HostScheduler:
                 if t > p.since:
                     p.busy_ns += t - p.since
                     p.since = t
+
+
+def run_tenants(machines: list, max_instructions: int) -> dict:
+    """Run VMs that share one ``HostScheduler`` until each one's vCPU 0 executes ``brk #0``
+    (or SYSTEM_OFF). The VM whose next turn is earliest in virtual time runs (ties: the
+    earlier in ``machines``) until its next turn would come after another VM's (a vCPU
+    takes a free pCPU only at its own turn, so turns must go in time order). ``max_instructions`` counts
+    every vCPU of every VM. Returns ``tenant_report``."""
+    from .errors import BudgetExceeded, GuestError
+    if not machines:
+        raise ParameterError("run_tenants needs at least one Machine")
+    scheds = {id(m.host.sched) for m in machines}
+    if len(scheds) != 1 or machines[0].host.sched is None:
+        raise ParameterError("the machines must share one HostScheduler (Machine(pcpus=sched))")
+    if not isinstance(max_instructions, int) or isinstance(max_instructions, bool) or max_instructions <= 0:
+        raise ParameterError(f"max_instructions must be a positive int, got {max_instructions!r}")
+    for m in machines:
+        if m.program is None:
+            raise ParameterError("every machine needs a program: call load_asm first")
+    start = sum(m.host.retired for m in machines)
+    stops: dict[int, object] = {}
+    while len(stops) < len(machines):
+        live = [(i, m) for i, m in enumerate(machines) if i not in stops]
+        turns = [(m.host.next_turn_ns(), i, m) for i, m in live]
+        ready = [t for t in turns if t[0] is not None]
+        if not ready:
+            raise GuestError("no VM can run: every vCPU is halted with nothing to wake it or "
+                             "waits for a physical CPU")
+        _, i, m = min(ready, key=lambda t: (t[0], t[1]))
+        others = [x for k, x in live if x is not m]
+        left = max_instructions - (sum(x.host.retired for x in machines) - start)
+        if left <= 0:
+            where = "; ".join(f"VM {k}: {x.host.describe_vcpus()}" for k, x in live)
+            raise BudgetExceeded(f"the VMs ran past max_instructions={max_instructions} "
+                                 f"(all VMs together): {where}")
+        host = m.host
+        # It yields before a turn later than another VM's next one (asked at every turn:
+        # a pCPU it hands over can make another VM runnable).
+        host.horizon = lambda others=others: min(
+            (t for t in (x.host.next_turn_ns() for x in others) if t is not None), default=None)
+        try:
+            stop = host.run(left, budget_error=False)
+        finally:
+            host.horizon = None
+            host.select_boot()
+        if stop is not None and stop.reason not in ("waiting_for_pcpu", "yield"):
+            stops[i] = stop
+            host.leave_pcpus()
+    return tenant_report(machines)
+
+
+def tenant_report(machines: list) -> dict:
+    """Per VM: work done (instructions), its vCPUs' run/stall/steal/idle; per pCPU of the
+    shared scheduler: utilisation over the latest clock of any VM."""
+    sched = machines[0].host.sched
+    end = max(st.now for m in machines for st in m.host.cpus)
+    sched.close(lambda st: st.now)
+    vms = []
+    for i, m in enumerate(machines):
+        rep = m.cpu_report()
+        vms.append({"vm": i, "instructions": m.host.retired, "elapsed_ns": rep["elapsed_ns"],
+                    "vcpus": rep["vcpus"]})
+    return {"elapsed_ns": end, "vms": vms, "preemptions": sched.preemptions,
+            "time_slice_ns": sched.time_slice_ns,
+            "pcpus": [{"pcpu": p.index, "busy_ns": p.busy_ns, "utilisation": round(p.utilisation(end), 4)}
+                      for p in sched.pcpus]}

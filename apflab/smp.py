@@ -55,6 +55,7 @@ class VcpuState:
     retired: int = 0
     halted: bool = False
     power: Power = Power.OFF
+    host: object = None            # the Host it belongs to (physical CPUs may be shared by VMs)
 
     @property
     def mpidr(self) -> int:
@@ -91,6 +92,12 @@ def pick(states: list[VcpuState], next_host_event: int | None, can_wake,
     """The vCPU to run next (see the module docstring), or None if every one that is on
     is halted with nothing that could ever wake it. ``waiting(st)``: True for a vCPU
     queued for a physical CPU (``pcpu.py``), which cannot run until one is handed to it."""
+    return earliest(states, next_host_event, can_wake, waiting)[0]
+
+
+def earliest(states: list[VcpuState], next_host_event: int | None, can_wake,
+             waiting=None) -> tuple[VcpuState | None, int | None]:
+    """``pick``'s choice and its key (the virtual time of its turn)."""
     best, best_key = None, None
     for st in states:
         if st.power is Power.OFF or (waiting is not None and waiting(st)):
@@ -100,4 +107,4 @@ def pick(states: list[VcpuState], next_host_event: int | None, can_wake,
             continue
         if best_key is None or t < best_key:    # strict: ties keep the lower index
             best, best_key = st, t
-    return best
+    return best, best_key

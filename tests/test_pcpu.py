@@ -98,3 +98,92 @@ def test_trace_with_steal_saves_and_loads():
     back = apflab.Trace.from_json(m.trace.to_json())
     assert back.digest() == m.trace.digest()
     assert back.breakdown(vcpu=1)["steal"] == m.trace.breakdown(vcpu=1)["steal"] > 0
+
+
+# ------------------------------------------------------------------ other tenants
+
+def tenants(slice_ns=100_000, pcpus=2):
+    from apflab.pcpu import HostScheduler, run_tenants
+    sched = HostScheduler(pcpus, time_slice_ns=slice_ns)
+    ms = []
+    for seed, iters in ((0, 20_000), (1, 10_000)):
+        m = apflab.Machine(seed=seed, vcpus=4, pcpus=sched)
+        m.load_asm(WORKERS)
+        m.set_reg("x4", iters)
+        ms.append(m)
+    rep = run_tenants(ms, 20_000_000)
+    for m, iters in zip(ms, (20_000, 10_000)):
+        assert [m.read_u64(m.symbols["counters"] + 4096 * i) for i in range(4)] == [iters] * 4
+    return ms, rep
+
+
+def test_two_vms_share_the_pcpus():
+    ms, rep = tenants()
+    run = sum(v["run_ns"] for vm in rep["vms"] for v in vm["vcpus"])
+    assert sum(p["busy_ns"] for p in rep["pcpus"]) == run
+    assert all(v["steal_ns"] > 0 for vm in rep["vms"] for v in vm["vcpus"])
+    assert rep["vms"][0]["instructions"] > rep["vms"][1]["instructions"]   # twice the work
+    assert all(p["utilisation"] > 0.9 for p in rep["pcpus"])
+
+
+def test_tenants_are_deterministic():
+    a, _ = tenants()
+    b, _ = tenants()
+    assert [m.trace.digest() for m in a] == [m.trace.digest() for m in b]
+
+
+STALLER = """
+_start:
+    adr x4, page
+    ldr x7, [x4]              // swapped out: a synchronous page-in
+    brk #0
+.balign 4096
+page: .quad 5
+"""
+SPINNER = """
+_start:
+    mov x1, #0
+1:  add x1, x1, #1
+    cmp x1, x4
+    b.ne 1b
+    brk #0
+"""
+
+
+def test_a_vm_stalled_in_a_synchronous_fault_gives_its_pcpu_to_another_vm():
+    """The host's view of a stall: one pCPU, a faulting VM and a computing VM. While the first
+    waits for its page the second runs, so the pCPU stays busy with guest work."""
+    from apflab.pcpu import HostScheduler, run_tenants
+    sched = HostScheduler(1, time_slice_ns=1_000_000)
+    faulting = apflab.Machine(seed=0, apf=False, pcpus=sched)
+    syms = faulting.load_asm(STALLER)
+    faulting.evict(syms["page"])
+    computing = apflab.Machine(seed=1, pcpus=sched)
+    computing.load_asm(SPINNER)
+    computing.set_reg("x4", 100_000)
+    rep = run_tenants([faulting, computing], 5_000_000)
+    assert faulting.reg("x7") == 5
+    (f,), (c,) = rep["vms"][0]["vcpus"], rep["vms"][1]["vcpus"]
+    assert f["stall_ns"] > 10_000
+    assert rep["pcpus"][0]["busy_ns"] == f["run_ns"] + c["run_ns"]      # the stall is not busy
+    assert c["steal_ns"] < f["stall_ns"]       # the computing VM ran during the stall
+
+
+def test_run_tenants_needs_one_shared_scheduler():
+    from apflab.pcpu import run_tenants
+    a = apflab.Machine(seed=0, pcpus=1)
+    b = apflab.Machine(seed=0, pcpus=1)
+    for m in (a, b):
+        m.load_asm(SPINNER)
+    with pytest.raises(apflab.ParameterError, match="share one HostScheduler"):
+        run_tenants([a, b], 1000)
+
+
+def test_run_tenants_budget_names_every_vm():
+    from apflab.pcpu import HostScheduler, run_tenants
+    sched = HostScheduler(1)
+    ms = [apflab.Machine(seed=i, pcpus=sched) for i in range(2)]
+    for m in ms:
+        m.load_asm("_start:\n1: b 1b\n")
+    with pytest.raises(apflab.BudgetExceeded, match="VM 0: vCPU 0 running.*VM 1: vCPU 0 running"):
+        run_tenants(ms, 50_000)
