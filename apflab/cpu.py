@@ -78,6 +78,15 @@ _SYSREGS = {
 REG_NAMES = tuple(_GPRS) + tuple(_SYSREGS)
 
 _TPIDR_EL0 = (3, 3, 13, 0, 2)
+# Engine CPU models: unicorn's default (Cortex-A72, Armv8.0: no LSE atomics) and QEMU's
+# "max" (later Armv8.x features, LSE among them).
+CPU_MODELS = {"cortex-a72": A.UC_CPU_ARM64_A72, "max": A.UC_CPU_ARM64_MAX}
+_CLREX = 0xD503305F            # clrex
+# The stub's page: the top page of the 48-bit address space, far from guest RAM. Its
+# translation stays cached after the stub ran (a TLB flush per vCPU switch costs a quarter
+# of the 4-vCPU speed), so a guest access to exactly this page would read the stub instead
+# of faulting: on hardware, with the MMU off, it is an address-size fault.
+_CLREX_PAGE = 0xFFFF_FFFF_F000
 
 # The instructions that can clear PSTATE.I at EL1 (Arm ARM C6.2 ERET, MSR (immediate),
 # MSR (register)): an IRQ held off by PSTATE.I is taken right after one of them.
@@ -178,13 +187,21 @@ class Vcpu:
     stage-2 owner can move page bytes in and out and release host memory.
     """
 
-    def __init__(self, ram_base: int, ram_size: int):
+    def __init__(self, ram_base: int, ram_size: int, ram: mmap.mmap | None = None,
+                 cpu_model: str = "cortex-a72"):
         if ram_base % PAGE_SIZE or ram_size % PAGE_SIZE or ram_size <= 0:
             raise InvariantError("guest RAM must be whole pages")
         self.ram_base = ram_base
         self.ram_size = ram_size
-        self.ram = mmap.mmap(-1, ram_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        # Several vCPUs share one host mapping of guest RAM: pass the first vCPU's ``ram``.
+        if ram is not None and len(ram) != ram_size:
+            raise InvariantError("a shared guest RAM mapping must be ram_size bytes")
+        self.ram = ram if ram is not None else mmap.mmap(-1, ram_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._uc = uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        if cpu_model not in CPU_MODELS:
+            raise InvariantError(f"unknown CPU model {cpu_model!r}; choose one of {', '.join(CPU_MODELS)}")
+        if cpu_model != "cortex-a72":          # unicorn's default model; set before anything else
+            uc.ctl_set_cpu_model(CPU_MODELS[cpu_model])
         # Quirk: the engine's page is 1 KiB unless set before anything else;
         # TLB entries are in engine pages, stage-2 is in 4 KiB pages.
         uc.ctl_set_page_size(PAGE_SIZE)
@@ -230,6 +247,8 @@ class Vcpu:
         self._sysreg = None
         self._done_before = 0
 
+        self._clrex_mapped = False
+        self._in_clrex = False
         uc.hook_add(UC_HOOK_TLB_FILL, self._tlb_fill)
         uc.hook_add(UC_HOOK_INTR, self._intr)
         uc.hook_add(UC_HOOK_INSN, self._mrs, None, 1, 0, A.UC_ARM64_INS_MRS)
@@ -343,6 +362,27 @@ class Vcpu:
         if off < 0 or off + len(data) > self.ram_size:
             raise IndexError(f"[{addr:#x}, +{len(data):#x}) is outside guest RAM")
         self.ram[off:off + len(data)] = data
+
+    def clear_exclusive(self) -> None:
+        """Clear this vCPU's exclusive monitor (what CLREX does), leaving every register as it was.
+
+        Used when the host switches to another vCPU (see ``Host._next_vcpu``). The engine
+        has no API for its monitor, so it executes one `clrex` from a page outside guest RAM.
+        """
+        uc = self._uc
+        if not self._clrex_mapped:
+            uc.mem_map(_CLREX_PAGE, PAGE_SIZE, UC_PROT_ALL)
+            uc.mem_write(_CLREX_PAGE, struct.pack("<I", _CLREX))
+            self._clrex_mapped = True
+        pc = self.pc
+        self._in_clrex = True
+        try:
+            uc.emu_start(_CLREX_PAGE, 0, count=1)
+        except UcError as e:  # pragma: no cover - the stub cannot fault
+            raise InvariantError(f"clrex stub failed: {e}") from e
+        finally:
+            self._in_clrex = False
+        self.pc = pc
 
     def flush_tlb(self) -> None:
         """Drop every cached translation (after stage-2 unmapped a page)."""
@@ -522,6 +562,10 @@ class Vcpu:
     # ------------------------------------------------------------------ hooks
     def _tlb_fill(self, uc, vaddr, access, entry, _ud):
         try:
+            if self._in_clrex and vaddr & PAGE_MASK == _CLREX_PAGE:   # filled for the stub only
+                entry.paddr = _CLREX_PAGE
+                entry.perms = UC_PROT_ALL
+                return True
             if self.is_mapped(vaddr):
                 entry.paddr = vaddr & PAGE_MASK
                 entry.perms = UC_PROT_ALL

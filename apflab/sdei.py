@@ -224,6 +224,7 @@ class SdeiService:
                   EventDef(EVENT_CRITICAL, "host critical event", priority=Priority.CRITICAL)):
             self.events[d.number] = Event(d)
         self.bind_slots: dict[int, int] = {}      # event number -> INTID
+        self.peers: list | None = None            # several vCPUs: every PE's dispatcher, by index
         self.dispatch_count = 0
         self._handlers = {
             SDEI_VERSION: self._version, SDEI_EVENT_REGISTER: self._register,
@@ -527,13 +528,21 @@ class SdeiService:
 
     def _signal(self, vcpu, call: Call) -> int:
         ev = self._event(call.arg(1))
-        if ev is None or not ev.defn.signalable or call.arg(2) != 0:
-            return INVALID_PARAMETERS     # only event 0, only to this PE (MPIDR 0)
-        if ev.state == S_UNREGISTERED:
+        # x2 is the target PE's MPIDR affinity (Aff0 = vCPU index); ``peers`` are the
+        # dispatchers of every PE (one vCPU: just this one, MPIDR 0).
+        peers = self.peers or [self]
+        target = call.arg(2)
+        if ev is None or not ev.defn.signalable or target >= len(peers):
+            return INVALID_PARAMETERS     # only event 0, only to a PE that exists
+        pe = peers[target]
+        tev = pe.events[ev.defn.number]   # event 0 is private: the target PE's own
+        if tev.state == S_UNREGISTERED:
             return DENIED                 # lab choice: nobody could ever receive it
         # Lab default: stays pending while masked or disabled (TF-A would refuse).
-        ev.triggered = True
+        tev.triggered = True
         self.host.trace.emit(self.host.now, "sdei_raise", event=ev.defn.number)
+        if pe is not self:
+            self.host.kick(target)        # a halted target wakes after the signal, not before
         return SUCCESS
 
     def _features(self, vcpu, call: Call) -> int:

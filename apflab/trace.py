@@ -73,7 +73,9 @@ KINDS: dict[str, tuple[str, ...]] = {
     "apf_halt": ("token", "gpn"),
     "apf_release": ("token", "gpn"),
 }
-_KIND_FIELDS = {k: frozenset(v) for k, v in KINDS.items()}
+# With several vCPUs every record also carries ``vcpu`` (the index of the vCPU the host was
+# serving when it was made); a one-vCPU machine's records never do, so their digests stay.
+_KIND_FIELDS = {k: frozenset(v) | {"vcpu"} for k, v in KINDS.items()}
 
 # Counts by one field's value, kept for these kinds in every mode (records kept or not):
 # faults by the page's state, fallbacks by reason, stalls by reason.  Metrics read these.
@@ -82,7 +84,9 @@ TALLIED = {"stage2_fault": "state", "apf_fallback": "reason", "stall": "reason"}
 FORMAT_TAG = "apflab-trace"
 FORMAT_VERSION = 2     # 2: "tallies" (counts by a field) in the header
 
-_MODE_SET = frozenset(MODES)
+STEAL = "steal"    # several vCPUs on fewer physical CPUs (pcpu.py): runnable, waiting for a CPU.
+                   # Only such machines have it, so one-vCPU breakdowns keep their keys.
+_MODE_SET = frozenset(MODES) | {STEAL}
 _FIELD_TYPES = frozenset({int, str, bool, type(None)})
 _MISSING = object()
 _COMPACT = (",", ":")
@@ -150,6 +154,12 @@ class Trace:
         self.dropped = 0
         self._time = dict.fromkeys(MODES, 0)
         self._t0: int | None = None     # start of the first span (kept even when spans are not)
+        # Several vCPUs: each has its own tiling of time (its lane); ``select_lane`` swaps the
+        # lane's spans in, so ``account`` stays one code path. ``vcpu_tag`` marks records.
+        self.vcpu_tag: int | None = None
+        self._lanes: dict[int, tuple] = {}
+        self._lane = 0
+        self._steal = False
 
     # -- the hot paths ---------------------------------------------------------------------
 
@@ -175,6 +185,8 @@ class Trace:
             tally = self._tallies.setdefault(kind, {})
             value = fields.get(key)
             tally[value] = tally.get(value, 0) + 1
+        if self.vcpu_tag is not None:
+            fields["vcpu"] = self.vcpu_tag
         records = self.records
         if len(records) < self._cap:
             rec = _new_object(Record)
@@ -220,6 +232,36 @@ class Trace:
             spans.append((t_start, t_end, mode, task))
         self._time[mode] += t_end - t_start
 
+    def select_lane(self, vcpu: int, *, tag: bool) -> None:
+        """Make vCPU ``vcpu``'s spans the ones ``account`` extends (several vCPUs only)."""
+        if vcpu == self._lane and (self.vcpu_tag is not None) == tag:
+            return
+        self._lanes[self._lane] = (self.spans, self._time, self._t0)
+        spans, time, t0 = self._lanes.get(vcpu) or ([], self._new_time(), None)
+        self.spans, self._time, self._t0 = spans, time, t0
+        self._lane = vcpu
+        self.vcpu_tag = vcpu if tag else None
+
+    def enable_steal(self) -> None:
+        """Physical CPUs are modelled: every lane gets a "steal" mode."""
+        self._steal = True
+        self._time.setdefault(STEAL, 0)
+        for spans, time, t0 in self._lanes.values():
+            time.setdefault(STEAL, 0)
+
+    def _new_time(self) -> dict:
+        time = dict.fromkeys(MODES, 0)
+        if self._steal:
+            time[STEAL] = 0
+        return time
+
+    def lane(self, vcpu: int) -> tuple[list, dict]:
+        """(spans, ns per mode) of vCPU ``vcpu``."""
+        if vcpu == self._lane:
+            return self.spans, dict(self._time)
+        spans, time, _ = self._lanes.get(vcpu) or ([], self._new_time(), None)
+        return spans, dict(time)
+
     # -- reading ---------------------------------------------------------------------------
 
     @property
@@ -235,8 +277,12 @@ class Trace:
             raise ParameterError(f"{kind!r} is not tallied; tallied kinds: {', '.join(TALLIED)}")
         return dict(sorted(self._tallies.get(kind, {}).items(), key=lambda kv: str(kv[0])))
 
-    def breakdown(self) -> dict[str, int]:
-        """ns of vCPU time per mode; every mode present; the values sum to elapsed_ns."""
+    def breakdown(self, vcpu: int | None = None) -> dict[str, int]:
+        """ns of vCPU time per mode; every mode present; the values sum to elapsed_ns.
+
+        With several vCPUs: of vCPU ``vcpu`` (default: the lane selected, vCPU 0 after a run)."""
+        if vcpu is not None:
+            return self.lane(vcpu)[1]
         return dict(self._time)
 
     def select(self, kind: str | None = None, **match) -> list[Record]:
@@ -266,8 +312,18 @@ class Trace:
             sep = "\n" if i == 0 else ",\n"
             yield sep + dumps([rec.t_ns, rec.kind, dict(rec.fields)], separators=_COMPACT)
         yield '],"spans":['
-        for i, span in enumerate(self.spans):
+        multi = self.vcpu_tag is not None or bool(self._lanes)
+        for i, span in enumerate(self.lane(0)[0] if multi else self.spans):
             yield ("\n" if i == 0 else ",\n") + dumps(list(span), separators=_COMPACT)
+        if not multi:
+            yield "]}\n"
+            return
+        # Several vCPUs: every lane's spans, by vCPU (the selected one included).
+        yield '],"lanes":['
+        lanes = sorted(set(self._lanes) | {self._lane})
+        for i, v in enumerate(lanes):
+            spans = self.lane(v)[0]
+            yield ("\n" if i == 0 else ",\n") + dumps([v, [list(sp) for sp in spans]], separators=_COMPACT)
         yield "]}\n"
 
     def digest(self) -> str:
@@ -348,6 +404,7 @@ def _truncated(text: str, e: json.JSONDecodeError) -> bool:
 
 _KEYS = ("format", "version", "keep_records", "max_records", "dropped", "counts", "tallies",
          "records", "spans")
+_OPTIONAL_KEYS = ("lanes",)     # several vCPUs: [[vcpu, spans], ...]; "spans" are vCPU 0's
 
 
 def _is_int(v) -> bool:
@@ -368,7 +425,7 @@ def _load(obj) -> Trace:
     for key in _KEYS:
         if key not in obj:
             raise TraceFormatError(f"key {key!r} missing")
-    extra = sorted(set(obj) - set(_KEYS))
+    extra = sorted(set(obj) - set(_KEYS) - set(_OPTIONAL_KEYS))
     if extra:
         raise TraceFormatError(f"unexpected key {extra[0]!r}")
     keep, cap, dropped, counts = (obj["keep_records"], obj["max_records"], obj["dropped"],
@@ -410,7 +467,29 @@ def _load(obj) -> Trace:
         raise TraceFormatError(f"counts total {sum(counts.values())} != {len(trace.records)} "
                                f"records + {dropped} dropped")
     _load_spans(trace, obj["spans"])
+    if "lanes" in obj:
+        _load_lanes(trace, obj["lanes"])
     return trace
+
+
+def _load_lanes(trace: Trace, lanes) -> None:
+    if not isinstance(lanes, list) or not lanes:
+        raise TraceFormatError("lanes is not a non-empty list")
+    seen = set()
+    for i, item in enumerate(lanes):
+        if not isinstance(item, list) or len(item) != 2 or not _is_int(item[0]) or item[0] < 0:
+            raise TraceFormatError(f"lane {i}: not a [vcpu, spans] pair")
+        vcpu, spans = item
+        if vcpu in seen:
+            raise TraceFormatError(f"lane {i}: vCPU {vcpu} appears twice")
+        seen.add(vcpu)
+        if vcpu == 0:
+            if spans != [list(sp) for sp in trace.spans]:
+                raise TraceFormatError("lane of vCPU 0 differs from spans")
+            continue
+        trace.select_lane(vcpu, tag=True)
+        _load_spans(trace, spans)
+    trace.select_lane(0, tag=True)
 
 
 def _load_records(items) -> list[Record]:
@@ -460,4 +539,6 @@ def _load_spans(trace: Trace, items) -> None:
             if (prev[2], prev[3]) == (mode, task):
                 raise TraceFormatError(f"span {i}: same mode and task as span {i - 1} "
                                        "(spans are stored merged)")
+        if mode == STEAL and not trace._steal:
+            trace.enable_steal()
         trace.account(t_start, t_end, mode, task)
