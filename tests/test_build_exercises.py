@@ -41,6 +41,15 @@ def test_page_ready_without_freeing_the_slot_is_named():
     assert not r and "reason was still non-zero" in r.message
 
 
+def test_page_ready_without_the_end_of_interrupt_is_named():
+    ex = PageReadyHandler(2)
+    code = ex.answer().replace("\tmsr\ts3_0_c12_c12_1, x19", "\tnop")
+    assert code != ex.answer()
+    r = ex.check(code)
+    assert not r and "ICC_EOIR1_EL1 was never written for the page-ready interrupt" in r.message
+    assert ex.check(ex.answer())
+
+
 def test_page_ready_waking_the_wrong_task_is_named():
     ex = PageReadyHandler(0)
     # look the waiter up under token + 0x1000: another task's token (or none)

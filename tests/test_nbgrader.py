@@ -137,3 +137,16 @@ def test_grading_refuses_shortcuts_and_foreign_seeds(tmp_path):
     with pytest.raises(AssertionError, match="seed is 4242"):
         grading.check_seed(1234, cwd=d)
     grading.check_seed(1234, cwd=tmp_path)                    # not under autograde: nothing to check
+
+
+def test_every_exercise_checks_without_answer_in_classroom_mode(monkeypatch):
+    """No check may go through the student-facing answer(): in classroom mode it refuses."""
+    import inspect
+    from apflab import exercises
+    from apflab.exercises import Exercise, lab01, lab02, lab03, lab04, lab05, lab06, lab07, lab08, lab09, lab10
+    monkeypatch.setenv("APFLAB_CLASSROOM", "1")
+    for mod in (exercises, lab01, lab02, lab03, lab04, lab05, lab06, lab07, lab08, lab09, lab10):
+        for name, cls in vars(mod).items():
+            if inspect.isclass(cls) and issubclass(cls, Exercise) and cls is not Exercise:
+                src = inspect.getsource(cls)
+                assert "self.answer()" not in src, f"{mod.__name__}.{name} calls answer() inside the class"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 
 from .. import guest
+from ..apf import APF_PPI
 from ..errors import ApflabError, AsmError
 from . import CheckResult, Exercise, refuse_in_classroom
 from . import holes
@@ -82,6 +83,7 @@ class _KernelHole(Exercise):
         out["state"] = state
         out["panic"] = state["panic"]
         out["counts"] = dict(m.trace.counts)
+        out["trace"] = m.trace
         return out
 
     def _observe(self, m, syms, out) -> None:
@@ -166,8 +168,8 @@ class PageReadyHandler(_KernelHole):
     region = "page_ready_irq"
     skeleton_text = """\
 // apf_page_ready: handle_irq calls it (bl) when ICC_IAR1_EL1 gave the
-// page-ready PPI (INTID in x19), and writes ICC_EOIR1_EL1 with x19 after it
-// returns. Any register but sp, x19 and x29/x30 (saved here) may be used.
+// page-ready PPI (INTID in x19); ending the interrupt is this handler's job.
+// Any register but sp, x19 and x29/x30 (saved here) may be used.
 apf_page_ready:
 	stp	x29, x30, [sp, #-16]!
 	adr	x20, apf_data			// the shared block {u32 reason; u32 token; ...}
@@ -225,6 +227,8 @@ apf_page_ready_irq_ack:
 	// TODO 4: tell the host this "page ready" is consumed: hvc #0 with
 	//         x0 = the KVM ASYNC_PF function (kvm_fid x0, KVM_ASYNC_PF) and
 	//         x1 = ASYNC_PF_IRQ_ACK. The host then lowers the PPI and may send the next.
+	// TODO 5: end the interrupt: write the INTID (x19) to ICC_EOIR1_EL1
+	//         (msr s3_0_c12_c12_1, x19), or it stays active and blocks the tick.
 	ldp	x29, x30, [sp], #16
 	ret
 apf_page_ready_bad:
@@ -264,6 +268,13 @@ apf_page_ready_bad:
         if ready and not acks:
             msgs.append(f"the host sent {ready} page ready and never got IRQ_ACK: without it the PPI "
                         f"stays raised and no further page ready can come.")
+        tr = out["trace"]
+        acked = sum(1 for r in tr.select("irq_ack") if r.get("intid") == APF_PPI)
+        ended = sum(1 for r in tr.select("irq_eoi") if r.get("intid") == APF_PPI)
+        if acked and not ended:
+            msgs.append(f"ICC_EOIR1_EL1 was never written for the page-ready interrupt (INTID "
+                        f"{APF_PPI}): it stays active, so no interrupt of its priority or lower, "
+                        f"the timer tick included, is taken again.")
         irqs = counts.get("irq", 0)
         if ready and irqs > 20 * max(acks, 1) + 100:
             msgs.append(f"{irqs} interrupts were taken for {ready} page ready: an interrupt storm "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from ..scenarios import compare
-from . import CheckResult, Exercise
+from . import HINT_ON_REQUEST, CheckResult, Exercise
 
 TOLERANCE = 0.10               # |value / measured - 1|
 PUBLISHED_RATIO = 258_846_142_585 / 129_752_639_953     # Natapov 2010: the rule of thumb
@@ -61,12 +61,12 @@ class WorkRatio(Exercise):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or value <= 0:
             return CheckResult(False, f"give the ratio as a positive number (e.g. 1.7), not {value!r}.")
-        expected = self.answer()
+        expected = self._expected()
         if math.isfinite(expected) and abs(value / expected - 1) <= TOLERANCE:
             return CheckResult(True, f"{value:g} is right: measured {expected:.2f}.")
         if abs(value / PUBLISHED_RATIO - 1) <= 0.02:
-            return CheckResult(False, f"{value:g} is the published figure, not your run's. {self.hint()}")
-        return CheckResult(False, f"{value:g} is not it. {self.hint()}")
+            return CheckResult(False, f"{value:g} is the published figure, not your run's. {HINT_ON_REQUEST}")
+        return CheckResult(False, f"{value:g} is not it. {HINT_ON_REQUEST}")
 
     def hint(self) -> str:
         return ("The ratio is set by how much of the vCPU the faulting tasks stall away without APF "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 
 from ..errors import ParameterError
-from . import CheckResult, Exercise
+from . import HINT_ON_REQUEST, CheckResult, Exercise
 
 DESIGNS = ("sdei", "irq", "abort", "halt")
 
@@ -95,7 +95,7 @@ class FastestDesign(Exercise):
         if value in best:
             tie = f" (tied with {', '.join(d for d in best if d != value)})" if len(best) > 1 else ""
             return CheckResult(True, f"{value} is right: {res[value].elapsed_ns / 1e6:.3f} ms{tie}.")
-        return CheckResult(False, f"{value!r} is not it. {self.hint()}")
+        return CheckResult(False, f"{value!r} is not it. {HINT_ON_REQUEST}")
 
     def hint(self) -> str:
         return ("Ask which faults each design can take asynchronously. The kernel-mode reads run with "
@@ -147,13 +147,13 @@ class FallbackCount(Exercise):
         if got is None:
             return CheckResult(False, f"give a dict of reason -> count (ints), e.g. {{'kernel_mode': 5}}, "
                                       f"not {value!r}.")
-        expected = self.answer()
+        expected = self._expected()
         if got == expected:
             return CheckResult(True, f"{got} is right.")
         wrong = sorted(set(got) ^ set(expected))
         if wrong:
-            return CheckResult(False, f"{got} is not it: the reasons differ ({', '.join(wrong)}). {self.hint()}")
-        return CheckResult(False, f"{got} is not it: right reasons, wrong counts. {self.hint()}")
+            return CheckResult(False, f"{got} is not it: the reasons differ ({', '.join(wrong)}). {HINT_ON_REQUEST}")
+        return CheckResult(False, f"{got} is not it: right reasons, wrong counts. {HINT_ON_REQUEST}")
 
     def hint(self) -> str:
         return ("Count the reads the kernel does (pages k-1, 2k-1, ...: npages // kernel_every) and ask, for this "

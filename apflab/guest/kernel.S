@@ -958,8 +958,8 @@ handle_irq_not_ipi:
 	ldr_l	x0, apf_irq
 	cmp	x19, x0
 	b.ne	handle_irq_not_ready
-	bl	apf_page_ready
-	b	handle_irq_eoi
+	bl	apf_page_ready			// it ends the interrupt itself (EOIR)
+	b	handle_irq_out
 handle_irq_not_ready:
 // DESIGN-BEGIN irq
 	ldr_l	x0, apf_np_irq			// "page not present" as an interrupt
@@ -972,6 +972,7 @@ handle_irq_unknown:
 	inc_l	irq_unknown, x0, x1
 handle_irq_eoi:
 	msr	s3_0_c12_c12_1, x19		// ICC_EOIR1_EL1: drop priority, deactivate
+handle_irq_out:
 	ldp	x29, x30, [sp], #16
 	ret
 handle_irq_spurious:
@@ -1270,8 +1271,8 @@ sdei_apf_returned:
 //      token and wake it, or, when none waits yet, leave a dummy entry so
 //      the "not present" still to come does not park the task for ever;
 //   3. free the slot (token, then reason) and tell the host with
-//      ASYNC_PF IRQ_ACK: it lowers the PPI and may send the next one.
-//   (handle_irq then writes EOIR.)
+//      ASYNC_PF IRQ_ACK: it lowers the PPI and may send the next one;
+//   4. end the interrupt: ICC_EOIR1_EL1 = x19 (the INTID handle_irq read).
 // STUDENT-BEGIN page_ready_irq
 apf_page_ready:
 	stp	x29, x30, [sp, #-16]!
@@ -1339,6 +1340,7 @@ apf_page_ready_irq_ack:
 	kvm_fid	x0, KVM_ASYNC_PF
 	mov	x1, #ASYNC_PF_IRQ_ACK
 	hvc	#0
+	msr	s3_0_c12_c12_1, x19		// ICC_EOIR1_EL1 with our INTID: end of interrupt
 	ldp	x29, x30, [sp], #16
 	ret
 apf_page_ready_bad:

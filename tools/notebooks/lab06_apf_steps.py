@@ -269,10 +269,12 @@ holes: it assembles and runs, but no task is ever woken. Fill the TODOs in the s
 `// STUDENT-BEGIN page_ready_irq` and `// STUDENT-END page_ready_irq` markers in
 `apflab/guest/kernel.S`), runs your seed's task mix on an instruction budget, and says in
 words what went wrong: which task was never woken, which token woke the wrong task, whether
-the slot was freed and IRQ_ACK made. An assembly error names *your* line.
+the slot was freed, IRQ_ACK made and the interrupt ended. An assembly error names *your* line.
 
-The end of interrupt is not yours: `handle_irq` writes `ICC_EOIR1_EL1` after your handler
-returns, as Linux's GIC driver does after the handler it calls."""),
+The end of interrupt is yours too: `handle_irq` read `ICC_IAR1_EL1` into x19 and leaves the
+page-ready interrupt active until your handler writes that INTID to `ICC_EOIR1_EL1`. Forget it
+and the interrupt stays active: nothing of its priority or lower, the timer tick included, is
+taken again."""),
     code("""from apflab.exercises.build import PageNotPresentEntry, PageReadyHandler
 
 ex3 = PageReadyHandler(SEED)
@@ -285,7 +287,7 @@ BUILD_READY_STUDENT = [
 BUILD_READY_SOLUTION = [
     md("""**Worked solution** (the kernel's own code): look the token up among the waiters, free the
 entry and wake its task; otherwise remember the early "page ready" as a dummy; then free the
-shared slot and IRQ_ACK."""),
+shared slot, IRQ_ACK and end the interrupt (EOIR)."""),
     solution("lab06-ready", "", 'my_ready_handler = """\\\n' + holes.reference("page_ready_irq") + '"""'),
     graded("lab06-ready-check", 4, "ex3", "PageReadyHandler", "apflab.exercises.build", "my_ready_handler"),
 ]
