@@ -188,3 +188,20 @@ def test_host_costs_and_instruction_time_are_scenario_parameters():
     assert slow.breakdown["el0"] == 4 * base.breakdown["el0"]
     with pytest.raises(ParameterError, match="host_costs"):
         run_scenario("memtouch", apf=True, host_costs={"hvc_ns": -1})
+
+
+def test_memtouch_allocate_starts_with_the_guests_own_first_touch_work():
+    """allocate=True: round 0 has the guest kernel zero each fresh page (alloc_page) and the host
+    sees first touches (no I/O); the memory limit pushes pages to swap, so round 1 faults on them."""
+    kw = dict(npages=32, limit_pages=8, rounds=2, calc_thread=True, allocate=True)
+    off, on = compare("memtouch", seed=0, **kw)
+    for r in (off, on):
+        mt = r.kernel["tasks"][0]
+        assert mt["exited"] and mt["mismatches"] == 0 and mt["rounds_done"] == 2
+        assert mt["syscalls"] >= 32                                  # one alloc_page per page, and more
+        assert r.trace.tally("stage2_fault").get("absent", 0) >= 32  # round 0: first touches
+        assert r.faults >= 32 - 8                  # round 1 reads the pages the limit pushed out
+        assert r.compute_rate > 0
+    plain = run_scenario("memtouch", apf=True, seed=0, **{**kw, "allocate": False})
+    assert plain.kernel["tasks"][0]["syscalls"] < on.kernel["tasks"][0]["syscalls"]
+    assert "compute rate" in on.table() and on.row()["compute_rate_per_ms"] == round(on.compute_rate, 3)

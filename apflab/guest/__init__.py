@@ -69,6 +69,8 @@ other register preserved)::
     3 gettime()        -> CNTVCT_EL0 (1 GHz: virtual ns)
     4 sleep(ns)        -> 0 after >= ns (tick granularity); -1 at once if there is no tick
     5 getpid()         -> task index
+    6 peek(addr)       -> the u64 at addr, read by the kernel (kernel-mode access); -14 if not in the buffers
+    7 alloc_page(addr) -> 0 after the kernel zeroed the page (clear_page); -14 if not a buffer page
     other              -> -38 (ENOSYS)
 
 Configuration (``build_source`` keywords, emitted as ``config_*`` quads)::
@@ -115,7 +117,7 @@ STOP_REASONS = {0: None, 1: "all tasks exited", 2: "stop_mask tasks exited"}
 
 # Parameter and result slots of each workload (see workloads.S).
 WORKLOADS = {
-    "memtouch": (("buf", "npages", "rounds", "batch", "stride", "tag", "first_round"),
+    "memtouch": (("buf", "npages", "rounds", "batch", "stride", "tag", "first_round", "allocate"),
                  ("mismatches", "rounds_done", "touches")),
     "compute": (("iters", "report", "limit"), ("units",)),
     "yield_loop": (("count",), ("done", "pid")),
@@ -142,9 +144,13 @@ class TaskSpec:
 # ---------------------------------------------------------------------- task constructors
 
 def memtouch(npages: int, rounds: int = 1, *, buf: int = 0, batch: int = 16, stride: int = PAGE_SIZE,
-             tag: int = 0, first_round: int = 0, measured: bool = True) -> TaskSpec:
-    """Touch one u64 per page of an ``npages`` buffer, ``rounds`` times; ``buf=0``: laid out by the builder."""
-    return TaskSpec("memtouch", [buf, npages, rounds, batch, stride, tag, first_round], measured)
+             tag: int = 0, first_round: int = 0, allocate: bool = False, measured: bool = True) -> TaskSpec:
+    """Touch one u64 per page of an ``npages`` buffer, ``rounds`` times; ``buf=0``: laid out by the builder.
+
+    ``allocate``: in round 0 the guest kernel first zeroes each page (syscall alloc_page), the
+    work a first touch of fresh anonymous memory costs a Linux guest."""
+    return TaskSpec("memtouch", [buf, npages, rounds, batch, stride, tag, first_round, int(allocate)],
+                    measured)
 
 
 def compute(iters: int = 1000, report: int = 16, limit: int = 0, *, measured: bool = True) -> TaskSpec:

@@ -8,7 +8,7 @@
 // the kernel only through syscalls (svc #0, number in x8):
 //
 //     0 yield()   1 exit(code)   2 work_add(units)   3 gettime()
-//     4 sleep(ns) 5 getpid()
+//     4 sleep(ns) 5 getpid()     6 peek(addr)      7 alloc_page(addr)
 //
 // Syscalls preserve every register but x0, so the loops below keep their
 // state in registers across them.
@@ -36,7 +36,10 @@
 //
 // params: 0 buf, 1 npages, 2 rounds, 3 batch, 4 stride, 5 tag,
 //         6 first_round (rounds run first_round .. first_round+rounds-1;
-//           with first_round > 0 the host pre-fills value(first_round-1, i))
+//           with first_round > 0 the host pre-fills value(first_round-1, i)),
+//         7 allocate: 1 = in round 0 each page is first allocated by the guest
+//           kernel (syscall 7, alloc_page: it zeroes the page, as Linux's
+//           anonymous-page fault does with clear_page) before it is written
 // out:    8 mismatches, 9 rounds done, 10 pages touched
 
 	.macro	mt_value dst, r, i	// dst = value(r, i); x25 = pattern base
@@ -68,7 +71,7 @@ memtouch_round:
 memtouch_page:
 	cmp	x27, x21
 	b.hs	memtouch_round_end
-	cbz	x26, memtouch_write		// round 0: nothing to check yet
+	cbz	x26, memtouch_first		// round 0: nothing to check yet
 	ldr	x10, [x29]			// may fault: page evicted since last round
 	sub	x12, x26, #1
 	mt_value x11, x12, x27
@@ -77,6 +80,12 @@ memtouch_page:
 	ldr	x13, [x19, #(P_OUT + 0)]
 	add	x13, x13, #1
 	str	x13, [x19, #(P_OUT + 0)]
+	b	memtouch_write
+memtouch_first:
+	ldr	x13, [x19, #56]			// allocate?
+	cbz	x13, memtouch_write
+	and	x0, x29, #~0xfff		// the page's start
+	syscall	7				// alloc_page: the guest's own first-touch work
 memtouch_write:
 	mt_value x11, x26, x27
 	str	x11, [x29]
