@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 
 from ..errors import ParameterError
-from . import HINT_ON_REQUEST, CheckResult, Exercise
+from . import HINT_ON_REQUEST, CheckResult, Exercise, refuse_in_classroom
 
 DESIGNS = ("sdei", "irq", "abort", "halt")
 
@@ -451,6 +451,8 @@ class FallbackPredicate(Exercise):
                 f"design is one of {', '.join(DESIGNS)}; state is a dict:\n{keys}")
 
     def cases(self):
+        """The catalogue with the host's answers (self-study); refuses in classroom mode."""
+        refuse_in_classroom("ex3.cases()")
         return [(d, dict(s), a) for d, s, a in self._cases()]
 
     def _cases(self):

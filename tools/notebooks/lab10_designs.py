@@ -2,6 +2,8 @@
 
 from nbformat.v4 import new_code_cell as code, new_markdown_cell as md
 
+from notebooks.common import graded, solution
+
 LAB = "labs/10-designs.ipynb"
 SOLUTION = "labs/solutions/10-designs.ipynb"
 
@@ -241,7 +243,7 @@ PREDICATE_SKELETON = code('''def can_be_async(design, state):
 
 ex3.check(can_be_async)''')
 
-PREDICATE_SOLUTION = code('''def can_be_async(design, state):
+PREDICATE_SOLUTION = solution("lab10-predicate", "", '''def can_be_async(design, state):
     """The host's decision for a fault that needs I/O: a fallback reason, or None (asynchronous)."""
     needs_guest = design != "halt"           # halt has no guest side
     if not state["host_offers_apf"] or (needs_guest and not state["apf_enabled"]):
@@ -267,9 +269,7 @@ PREDICATE_SOLUTION = code('''def can_be_async(design, state):
         return "queue_full"
     return None
 
-result = ex3.check(can_be_async)
-assert result, result
-result''')
+''')
 
 SUMMARY = md("""## Summary
 
@@ -304,7 +304,7 @@ ex2.check(my_answer)"""),
     code("""ex3 = FallbackPredicate(SEED)
 print(ex3.question())"""),
     PREDICATE_SKELETON,
-    md("""`ex3.hint()` nudges; `ex3.cases()` lists the catalogue with the host's answers."""),
+    md("""`ex3.hint()` nudges; `ex3.cases()` lists the catalogue with the host's answers (self-study; off in classroom mode)."""),
     SUMMARY,
 ]
 
@@ -321,7 +321,7 @@ wins. With a compute task and some user-mode reads, a paravirtual design wins; w
 `SEND_ALWAYS` the kernel-mode notices of `sdei` and `abort` are wasted, so `irq` wins; without
 it `abort` is a hair cheaper per fault than `irq`, and `sdei` is the most expensive. If every
 read goes through the kernel, nothing can be asynchronous and `sync` (tied with `halt`) wins."""),
-    code("""p = ex1.params
+    solution("lab10-fastest", "", """p = ex1.params
 if p["kernel_every"] == 1:
     guess = "sync"
 elif not p["calc_thread"]:
@@ -332,16 +332,15 @@ res = ex1.results()                  # then run all five and read the fastest of
 print(designs.text(designs.table(res)))
 measured = min(res, key=lambda d: res[d].elapsed_ns)
 print("predicted:", guess, " measured:", measured)
-result = ex1.check(measured)
-assert result, result
-result"""),
+my_answer = measured"""),
+    graded("lab10-fastest-check", 1, "ex1", "FastestDesign", "apflab.exercises.lab10", "my_answer"),
     md("""The rule above is right for most seeds, not all: the paravirtual designs are a few µs
 apart, and with a 24-page buffer and `SEND_ALWAYS` the mini-kernel's scheduling can favour
 `abort`. The measurement decides."""),
     EX2_INTRO,
     code("""ex2 = FallbackCount(SEED)
 print(ex2.question())"""),
-    code("""p = ex2.params
+    solution("lab10-fallbacks", "", """p = ex2.params
 n = kernel_reads(p)              # the kernel-mode reads: the only faults at risk here
 if p["design"] == "halt":
     guess = {"irq_masked": n}    # no guest side: kernel_mode does not apply; IRQs are masked
@@ -350,12 +349,12 @@ elif p["send_always"]:
 else:
     guess = {"kernel_mode": n}   # user-mode notices only
 print("predicted:", guess, " measured:", dict(ex2.result().fallbacks))
-result = ex2.check(guess)
-assert result, result
-result"""),
+my_fallbacks = guess"""),
+    graded("lab10-fallbacks-check", 1, "ex2", "FallbackCount", "apflab.exercises.lab10", "my_fallbacks"),
     EX3_INTRO,
     code("""ex3 = FallbackPredicate(SEED)
 print(ex3.question())"""),
     PREDICATE_SOLUTION,
+    graded("lab10-predicate-check", 3, "ex3", "FallbackPredicate", "apflab.exercises.lab10", "can_be_async"),
     SUMMARY,
 ]
