@@ -23,10 +23,12 @@ lab: $(STAMP)
 
 ## make test: create .venv, install the test extras, run every test: the student labs (shipped
 ## without outputs) are run with --nbval-lax, the solutions' outputs are compared with --nbval
+## Two workers (pytest-xdist); --dist loadfile keeps each file, so each notebook, on one worker.
+XDIST := -n 2 --dist loadfile
 test: $(STAMP)
-	$(BIN)/python -m pytest tests --ignore=tests/browser
-	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider labs/*.ipynb
-	$(BIN)/python -m pytest --nbval --nbval-current-env -p no:cacheprovider labs/solutions
+	$(BIN)/python -m pytest tests --ignore=tests/browser $(XDIST)
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(XDIST) labs/*.ipynb
+	$(BIN)/python -m pytest --nbval --nbval-current-env -p no:cacheprovider $(XDIST) labs/solutions
 
 ## make test-browser: JupyterLab and Voila in headless Chromium (Debian's chromium, never a download)
 test-browser: $(STAMP)

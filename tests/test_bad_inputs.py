@@ -381,7 +381,7 @@ def test_host_raise_of_an_undefined_event_is_a_parameter_error():
     ("gleb2010", dict(duration_ns=999_999), "duration_ns=999999: must be an int >= 1 ms"),
     ("postcopy", dict(rtt_ns=-1), "rtt_ns=-1: must be an int >= 0 ns"),
     ("postcopy", dict(bandwidth_bytes_per_s=1.25e9), "bandwidth_bytes_per_s=1250000000.0"),
-    ("memtouch", dict(frobnicate=1), "unknown parameter 'frobnicate'; known: calc_thread"),
+    ("memtouch", dict(frobnicate=1), "unknown parameter 'frobnicate'; known: allocate, calc_thread"),
     ("memtouch", dict(Npages=16), "unknown parameter 'Npages'"),
     ("postcopy", dict(limit_pages=8), "unknown parameter 'limit_pages'"),
 ])
