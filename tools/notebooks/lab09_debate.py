@@ -6,6 +6,8 @@ change under the lab, so no result is written into the prose). Sources: docs/REF
 
 from nbformat.v4 import new_code_cell as code, new_markdown_cell as md
 
+from notebooks.common import graded, solution
+
 LAB = "labs/09-debate.ipynb"
 SOLUTION = "labs/solutions/09-debate.ipynb"
 
@@ -438,11 +440,10 @@ SOLUTION_EXERCISE = [
 SEED = 1234
 ex = WorkRatio(SEED)
 print(ex.question())"""),
-    code("""off, on = compare("gleb2010", seed=SEED, **ex.scenario_params())
+    solution("lab09-ratio", "", """off, on = compare("gleb2010", seed=SEED, **ex.scenario_params())
 my_answer = on.work["compute"] / off.work["compute"]
-print(f"compute work off {off.work['compute']}, on {on.work['compute']}: ratio {my_answer:.2f}")
-assert ex.check(my_answer), ex.check(my_answer)
-ex.check(my_answer)"""),
+print(f"compute work off {off.work['compute']}, on {on.work['compute']}: ratio {my_answer:.2f}")"""),
+    graded("lab09-ratio-check", 2, "ex", "WorkRatio", "apflab.exercises.lab09", "my_answer"),
     md("""The ratio is far from ×2 for most mixes: it is set by how much of the vCPU the faulting
 tasks stall away without APF and by how many compute tasks are there to take it back."""),
     POSITION,
