@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 
-from . import faults, interactive, resident, scale
+from . import faults, interactive, resident, scale, smp
 
 
 def main(argv=None) -> int:
@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     out = {"python": platform.python_version(), "machine": platform.machine(),
            "resident_loop": resident.measure(args.iterations, args.repeat),
            "fault_handling": faults.measure(args.fault_pages, args.repeat),
-           "interactivity": interactive.measure()}
+           "interactivity": interactive.measure(),
+           "smp": smp.measure(args.iterations, args.repeat)}
     if args.scale:
         out["scale"] = scale.measure(args.scale_pages, 128 * 1024)
     json.dump(out, sys.stdout, indent=2)
