@@ -71,7 +71,6 @@ TOKEN_WAKE_ALL = 0xFFFFFFFF
 
 # Why the host fell back to a synchronous fault. The core's own reasons, then each design's
 # (``apflab.delivery.*.REASONS``). See docs/REFERENCES.md, "When the host falls back".
-CORE_FALLBACKS = ("apf_disabled", "kernel_mode", "repeated_fault", "slot_busy", "queue_full", "prefault")
 FALLBACKS = ("apf_disabled", "kernel_mode", "in_handler", "pe_masked", "event_disabled",
              "event_pending", "irq_masked", "slot_busy", "queue_full", "repeated_fault", "prefault")
 
@@ -101,7 +100,6 @@ class Work:
     state: WorkState = WorkState.NOT_PRESENT_SENT
     task: int | None = None
     pc: int = 0                  # the faulting instruction
-    delivered: bool = True       # the not-present notice reached the guest (see the irq design)
 
 
 class ApfService:
@@ -265,8 +263,7 @@ class ApfService:
     def page_in_done(self, w: Work) -> None:
         """The I/O finished: prefault the page in and queue the page-ready notice."""
         host = self.host
-        held = any(h(host.vcpu) for h in host._holders)
-        if not (host.halted or host.stalling or held):
+        if not (host.halted or host.stalling or host.holds(host.vcpu)):
             host.charge(host.costs.kick_ns, what="kick")    # kvm_vcpu_kick: make the running vCPU exit
         if host.stage2.state(w.gpn) == PageState.INFLIGHT:
             host.stage2.finish_page_in(w.gpn)
@@ -303,9 +300,6 @@ class ApfService:
         self.delivery.page_ready(self.host.vcpu, w)
         self.host.trace.emit(self.host.now, "apf_page_ready", token=w.token, gpn=w.gpn,
                              waited_ns=self.host.now - w.t_fault)
-
-    def wants_poll(self) -> bool:
-        return bool(self.ready) and self.notified is None
 
     def irq_ack(self) -> int:
         """ASYNC_PF IRQ_ACK: lower the PPI, retire the item, deliver the next."""

@@ -449,7 +449,11 @@ class Host:
         return out
 
     def _held(self, st: VcpuState) -> bool:
-        return bool(self._holders) and any(h(st.vcpu) for h in self._holders)
+        return self.holds(st.vcpu)
+
+    def holds(self, vcpu: Vcpu) -> bool:
+        """A service keeps ``vcpu`` in the host (the "halt" design waiting for a page)."""
+        return any(h(vcpu) for h in self._holders)
 
     def next_turn_ns(self) -> int | None:
         """The virtual time of this VM's next turn (None: it cannot run until another VM
@@ -649,7 +653,7 @@ class Host:
             for hook in self._before_entry:
                 hook(vcpu)                 # page-ready notices, SDEI dispatch (not masked by PSTATE.I)
             self._maybe_take_irq()
-            if self._holders and any(h(vcpu) for h in self._holders):
+            if self._holders and self.holds(vcpu):
                 self._hold_until_event()   # e.g. the "halt" design: the vCPU waits in the host
                 continue
             left = budget_end - self.retired

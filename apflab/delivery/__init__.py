@@ -23,16 +23,22 @@ from .base import Delivery
 DESIGNS = ("sdei", "irq", "abort", "halt")
 
 
-def make_delivery(name: str, apf, **options) -> Delivery:
-    """The delivery design ``name`` for the APF service ``apf``."""
+def _design_class(name: str):
+    """The class of delivery design ``name``, or None."""
     from .abort import AbortDelivery
     from .halt import HaltDelivery
     from .irq import IrqDelivery
     from .sdei import SdeiDelivery
-    classes = {"sdei": SdeiDelivery, "irq": IrqDelivery, "abort": AbortDelivery, "halt": HaltDelivery}
-    if name not in classes:
+    return {"sdei": SdeiDelivery, "irq": IrqDelivery, "abort": AbortDelivery,
+            "halt": HaltDelivery}.get(name)
+
+
+def make_delivery(name: str, apf, **options) -> Delivery:
+    """The delivery design ``name`` for the APF service ``apf``."""
+    cls = _design_class(name)
+    if cls is None:
         raise ParameterError(f"unknown delivery design {name!r}; choose one of {', '.join(DESIGNS)}")
-    return classes[name](apf, **options)
+    return cls(apf, **options)
 
 
 def describe(name: str) -> dict:
@@ -40,9 +46,7 @@ def describe(name: str) -> dict:
     if name == "sync":
         return {"design": "sync", "not_present": "none: the vCPU stalls until the page is in",
                 "page_ready": "none", "guest_support": "none", "reasons": (), "migration_state": ()}
-    from . import abort, halt, irq, sdei
-    cls = {"sdei": sdei.SdeiDelivery, "irq": irq.IrqDelivery, "abort": abort.AbortDelivery,
-           "halt": halt.HaltDelivery}.get(name)
+    cls = _design_class(name)
     if cls is None:
         raise ParameterError(f"unknown design {name!r}; choose one of sync, {', '.join(DESIGNS)}")
     return {"design": name, "not_present": cls.NOT_PRESENT, "page_ready": cls.PAGE_READY,
