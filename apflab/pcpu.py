@@ -19,7 +19,7 @@ until its next turn comes after another VM's or all its runnable vCPUs wait for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ParameterError
 
@@ -33,6 +33,7 @@ class Pcpu:
     since: int = 0                # when it was taken (running) or freed (free)
     slice_end: int = 0            # when the running vCPU's time slice ends
     busy_ns: int = 0              # time spent running vCPUs
+    held: list = field(default_factory=list)   # (start, end, VcpuState): who held it when (plots)
 
     def utilisation(self, elapsed_ns: int) -> float:
         return self.busy_ns / elapsed_ns if elapsed_ns else 0.0
@@ -84,6 +85,8 @@ class HostScheduler:
             return
         at = max(at, p.since)
         p.busy_ns += at - p.since
+        if at > p.since:
+            p.held.append((p.since, at, st))
         p.running, p.since = None, at
         if self.waiting:
             self._take(p, self.waiting.pop(0), steal)
@@ -116,6 +119,7 @@ class HostScheduler:
                 t = now_of(p.running)
                 if t > p.since:
                     p.busy_ns += t - p.since
+                    p.held.append((p.since, t, p.running))
                     p.since = t
 
 

@@ -10,6 +10,9 @@ students) can check a picture against the trace without parsing plotly JSON:
     sweep_lines(rows, ...)      sweep_series(rows, ...)     mean y per (series, x)
     sweep_heatmap(rows, ...)    sweep_grid(rows, ...)       mean z per (y, x) cell
     model_vs_published(rows)    published_data(rows)        our ratio next to the paper's
+    swimlanes(m)                lanes_data(m)               one lane per vCPU (and per pCPU)
+    cpu_breakdown_bar(m)        cpu_breakdown_data(m)       run/stall/steal/idle per vCPU
+    vm_work_bar(reports)        vm_work_data(reports)       work per VM sharing the pCPUs
 
 Figures stay light: times are rounded to the nanosecond, long traces are merged down to a
 few thousand bars, and histograms are binned here (plotly gets counts, not raw samples).
@@ -27,7 +30,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .errors import ParameterError
-from .trace import MODES, Trace
+from .smp import MAX_VCPUS
+from .trace import MODES, STEAL, Trace
 
 MODE_COLORS = {
     "el0": "#4C78A8",       # guest user work: what the lab wants more of
@@ -206,15 +210,16 @@ def timeline_data(trace_or_result, t0: int | None = None, t1: int | None = None,
             "dropped_records": trace.dropped}
 
 
-def _merge(spans, row_of, bin_ns: int) -> list[tuple[str, int, int, str]]:
-    """Keep spans >= bin_ns as they are; fold each row's runs of shorter ones per mode."""
+def _merge(spans, row_of, bin_ns: int, order=MODES) -> list[tuple[str, int, int, str]]:
+    """Keep spans >= bin_ns as they are; fold each row's runs of shorter ones per mode
+    (modes laid end to end in ``order``)."""
     bars = []
     pending: dict[object, list] = {}        # task -> [start, {mode: ns}]
 
     def flush(task):
         start, per_mode = pending.pop(task)
         at = start
-        for mode in MODES:
+        for mode in order:
             ns = per_mode.get(mode, 0)
             if ns:
                 bars.append((row_of[task], at, ns, mode))
@@ -564,6 +569,278 @@ def model_vs_published(rows, *, title: str = "Our model against the published me
     return fig
 
 
+# ---------------------------------------------------------------------- several vCPUs
+
+LANE_MODES = MODES + (STEAL,)
+LANE_COLORS = {**MODE_COLORS, STEAL: "#FF9DA6"}     # runnable, waiting for a physical CPU
+LANE_MEANING = {"el0": "guest user", "el1": "guest kernel", "handler": "SDEI handler",
+                "halted": "guest idle (WFI)", "stalled": "stalled for a page",
+                "host": "host work", STEAL: "steal: waiting for a pCPU"}
+VM_COLORS = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D")
+CPU_PARTS = ("run", "stall", "steal", "idle")
+CPU_PART_COLORS = {"run": "#4C78A8", "stall": "#E45756", "steal": "#FF9DA6", "idle": "#BAB0AC"}
+
+
+def _vms(obj) -> tuple[list[tuple[str, Trace, list[int], object]], object]:
+    """[(VM label, trace, vCPU indices, host or None)], and the shared HostScheduler or None.
+
+    ``obj``: a Machine, a list of Machines sharing a scheduler (``run_tenants``), a Trace, or
+    anything with ``.machines``, ``.machine`` or ``.trace``."""
+    if isinstance(obj, (list, tuple)):
+        machines = list(obj)
+    elif getattr(obj, "machines", None) is not None:
+        machines = list(obj.machines)
+    elif getattr(obj, "machine", None) is not None:
+        machines = [obj.machine]
+    elif hasattr(obj, "host") and hasattr(obj, "trace"):
+        machines = [obj]
+    else:
+        trace = _trace_of(obj)
+        lanes = [i for i in range(MAX_VCPUS) if trace.lane(i)[0]] or [0]
+        return [("", trace, lanes, None)], None
+    if not machines:
+        raise ParameterError("no machines to draw")
+    out = []
+    for k, m in enumerate(machines):
+        host = getattr(m, "host", None)
+        if host is None:
+            raise ParameterError(f"expected Machines, got {type(m).__name__}")
+        label = f"VM {k} " if len(machines) > 1 else ""
+        out.append((label, m.trace, [st.index for st in host.cpus], host))
+    scheds = {id(vm[3].sched) for vm in out}
+    sched = out[0][3].sched
+    if len(scheds) > 1:
+        raise ParameterError("the machines do not share one HostScheduler: draw them one by one")
+    return out, sched
+
+
+def lanes_data(obj, t0: int | None = None, t1: int | None = None, max_bars: int = MAX_BARS) -> dict:
+    """The swim lanes' numbers: one lane per vCPU (per VM) and, where the machine has
+    physical CPUs, one per pCPU.
+
+    Returns {"rows": vCPU lane labels, "bars": [(row, start_ns, dur_ns, mode)], "totals":
+    {row: {mode: ns}}, "extent": {row: (first ns, last ns)}, "pcpu_rows": [...], "pcpu_bars":
+    [(pcpu row, start_ns, dur_ns, holder row)], "pcpu_busy": {pcpu row: ns}, "t0", "t1",
+    "bin_ns"}.  Modes are ``LANE_MODES`` (the trace's, plus "steal" with pCPUs).  As in
+    ``timeline_data``, short spans are merged per lane when there are too many; the totals
+    stay exact.
+    """
+    vms, sched = _vms(obj)
+    lanes = []                   # (row, spans)
+    for label, trace, indices, _host in vms:
+        for i in indices:
+            lanes.append((f"{label}vCPU {i}", trace.lane(i)[0]))
+    ends = [(sp[0][0], sp[-1][1]) for _, sp in lanes if sp]
+    lo = min((a for a, _ in ends), default=0)
+    hi = max((b for _, b in ends), default=0)
+    t0 = lo if t0 is None else max(int(t0), lo)
+    t1 = hi if t1 is None else min(int(t1), hi)
+    if t1 < t0:
+        raise ParameterError(f"t1 ({t1}) is before t0 ({t0})")
+    rows = [row for row, _ in lanes]
+    clipped, totals, extent = [], {}, {}
+    for row, spans in lanes:
+        tot = dict.fromkeys(LANE_MODES, 0)
+        for a, b, mode, _task in spans:
+            if b <= t0:
+                continue
+            if a >= t1:
+                break
+            a, b = max(a, t0), min(b, t1)
+            if b > a:
+                clipped.append((a, b, mode, row))
+                tot[mode] += b - a
+                extent[row] = (extent.get(row, (a,))[0], b)
+        totals[row] = tot
+    clipped.sort(key=lambda s: s[0])
+    bin_ns = 0
+    row_of = {row: row for row in rows}
+    if len(clipped) <= max_bars:
+        bars = [(row, a, b - a, mode) for a, b, mode, row in clipped]
+    else:
+        bin_ns = max(1, (t1 - t0) * 2 * len(rows) // max_bars)
+        while True:
+            bars = _merge(clipped, row_of, bin_ns, LANE_MODES)
+            if len(bars) <= max_bars or bin_ns > t1 - t0:    # (then: one bar per mode per lane)
+                break
+            bin_ns *= 2
+
+    pcpu_rows, pcpu_bars, pcpu_busy = [], [], {}
+    if sched is not None:
+        holder = {}
+        for label, _trace, _indices, host in vms:
+            for st in host.cpus:
+                holder[id(st)] = f"{label}vCPU {st.index}"
+        for p in sched.pcpus:
+            row = f"pCPU {p.index}"
+            pcpu_rows.append(row)
+            held = list(p.held)
+            if p.running is not None and p.running.now > p.since:    # still held: up to its clock
+                held.append((p.since, p.running.now, p.running))
+            busy, last = 0, None
+            for a, b, st in held:
+                who = holder.get(id(st), "another VM")
+                a, b = max(a, t0), min(b, t1)
+                if b <= a:
+                    continue
+                busy += b - a
+                if last is not None and last[3] == who and last[1] + last[2] == a:
+                    last = (row, last[1], b - last[1], who)      # one holder, back to back
+                    pcpu_bars[-1] = last
+                else:
+                    last = (row, a, b - a, who)
+                    pcpu_bars.append(last)
+            pcpu_busy[row] = busy
+    return {"rows": rows, "bars": bars, "totals": totals, "extent": extent, "t0": t0, "t1": t1,
+            "bin_ns": bin_ns, "pcpu_rows": pcpu_rows, "pcpu_bars": pcpu_bars, "pcpu_busy": pcpu_busy}
+
+
+def swimlanes(obj, t0: int | None = None, t1: int | None = None, *, max_bars: int = MAX_BARS,
+              title: str | None = None) -> go.Figure:
+    """One lane per vCPU, coloured by where its time went (run modes, stalled, steal, idle);
+    with physical CPUs, a second panel with one lane per pCPU coloured by the VM (and vCPU)
+    holding it. ``obj``: a Machine, the list of Machines given to ``run_tenants``, or a Trace."""
+    d = lanes_data(obj, t0, t1, max_bars)
+    with_p = bool(d["pcpu_rows"])
+    n, k = len(d["rows"]), len(d["pcpu_rows"])
+    if with_p:
+        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                            row_heights=[max(n, 1) / (n + k), max(k, 1) / (n + k)],
+                            subplot_titles=("guest's view: vCPUs", "host's view: physical CPUs"))
+    else:
+        fig = go.Figure()
+    at = dict(row=1, col=1) if with_p else {}
+    for mode in LANE_MODES:
+        bars = [b for b in d["bars"] if b[3] == mode]
+        if not bars:
+            continue
+        fig.add_trace(go.Bar(
+            orientation="h", name=LANE_MEANING[mode], legendgroup="modes", y=[b[0] for b in bars],
+            x=[_us(b[2]) for b in bars], base=[_us(b[1]) for b in bars], marker_color=LANE_COLORS[mode],
+            marker_line_width=0, hovertemplate=f"{mode}<br>%{{base}} µs + %{{x}} µs<extra>%{{y}}</extra>"),
+            **at)
+    if with_p:
+        holders = sorted({b[3] for b in d["pcpu_bars"]}, key=lambda h: (h.split("vCPU")[0], h))
+        vm_names = sorted({h.split("vCPU")[0].strip() for h in holders})
+        several = len(vm_names) > 1
+        for h in holders:
+            bars = [b for b in d["pcpu_bars"] if b[3] == h]
+            vm = h.split("vCPU")[0].strip()
+            color = VM_COLORS[(vm_names.index(vm) if several else int(h.rsplit(" ", 1)[-1]))
+                              % len(VM_COLORS)] if h != "another VM" else "#BAB0AC"
+            fig.add_trace(go.Bar(
+                orientation="h", name=h, legendgroup=vm or h, y=[b[0] for b in bars],
+                x=[_us(b[2]) for b in bars], base=[_us(b[1]) for b in bars], marker_color=color,
+                marker_line_width=0.5, marker_line_color="white",
+                hovertemplate=f"{h}<br>%{{base}} µs + %{{x}} µs<extra>%{{y}}</extra>"), row=2, col=1)
+        fig.update_yaxes(categoryorder="array", categoryarray=d["pcpu_rows"][::-1], row=2, col=1)
+        fig.update_yaxes(categoryorder="array", categoryarray=d["rows"][::-1], row=1, col=1)
+        fig.update_xaxes(title_text="virtual time (µs)", row=2, col=1)
+    else:
+        fig.update_layout(yaxis=dict(categoryorder="array", categoryarray=d["rows"][::-1]),
+                          xaxis_title="virtual time (µs)")
+    note = f" (short spans merged below {_fmt_ns(d['bin_ns'])})" if d["bin_ns"] else ""
+    fig.update_layout(title=title or f"Swim lanes: one per vCPU{' and per physical CPU' if with_p else ''}{note}",
+                      barmode="overlay", bargap=0.25, legend_title_text="mode / holder",
+                      height=max(260, 110 + 45 * (n + k)), margin=dict(l=10, r=10, t=60, b=40))
+    return fig
+
+
+def _report_of(obj) -> dict:
+    if isinstance(obj, Mapping):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        from .pcpu import tenant_report
+        return tenant_report(list(obj))
+    if hasattr(obj, "cpu_report"):
+        return obj.cpu_report()
+    raise ParameterError(f"expected a Machine, a list of Machines or a cpu/tenant report, got "
+                         f"{type(obj).__name__}")
+
+
+def cpu_breakdown_data(obj) -> dict:
+    """Per vCPU: run, stall, steal and idle ns (``Machine.cpu_report`` or ``tenant_report``);
+    per pCPU: busy ns and utilisation. {"labels", "run", "stall", "steal", "idle", "total",
+    "pcpus"}; ``obj``: a Machine, a list of Machines (tenants) or one of those reports."""
+    rep = _report_of(obj)
+    if "vms" in rep:
+        rows = [(f"VM {vm['vm']} vCPU {v['vcpu']}", v) for vm in rep["vms"] for v in vm["vcpus"]]
+    elif "vcpus" in rep:
+        rows = [(f"vCPU {v['vcpu']}", v) for v in rep["vcpus"]]
+    else:
+        raise ParameterError("the report has neither 'vcpus' (cpu_report) nor 'vms' (tenant_report)")
+    out = {"labels": [label for label, _ in rows]}
+    for part in CPU_PARTS:
+        out[part] = [int(v[f"{part}_ns"]) for _, v in rows]
+    out["total"] = [sum(out[part][i] for part in CPU_PARTS) for i in range(len(rows))]
+    out["pcpus"] = [dict(p) for p in rep.get("pcpus", ())]
+    out["elapsed_ns"] = rep["elapsed_ns"]
+    return out
+
+
+def cpu_breakdown_bar(obj, *, title: str = "Where each vCPU's time went") -> go.Figure:
+    """Stacked bars per vCPU: run (guest or host work on a pCPU), stall (waiting for a page),
+    steal (runnable, waiting for a pCPU), idle (WFI)."""
+    d = cpu_breakdown_data(obj)
+    fig = go.Figure()
+    for part in CPU_PARTS:
+        if not any(d[part]):
+            continue
+        fig.add_trace(go.Bar(name=part, x=d["labels"], y=[_ms(v) for v in d[part]], customdata=d[part],
+                             marker_color=CPU_PART_COLORS[part],
+                             hovertemplate=f"{part}: %{{y:.3f}} ms<extra>%{{x}}</extra>"))
+    sub = ""
+    if d["pcpus"]:
+        sub = "<br><sup>host: " + ", ".join(f"pCPU {p['pcpu']} busy {p['utilisation']:.0%}"
+                                             for p in d["pcpus"]) + "</sup>"
+    fig.update_layout(title=title + sub, barmode="stack", yaxis_title="virtual time (ms)",
+                      legend_title_text="", margin=dict(l=10, r=10, t=70, b=40))
+    return fig
+
+
+def vm_work_data(runs, metric: str = "instructions") -> dict:
+    """Work per VM in one or several runs of VMs sharing pCPUs (``tenant_report`` dicts, or
+    a dict label -> report, e.g. APF off and on): {"labels": run labels, "vms": VM labels,
+    "work": {vm: [per run]}, "utilisation": [mean pCPU utilisation per run]}."""
+    if isinstance(runs, Mapping) and "vms" in runs:
+        runs = {"run": runs}
+    if not isinstance(runs, Mapping) or not runs:
+        raise ParameterError("expected a tenant report or a dict label -> tenant report")
+    labels = [str(k) for k in runs]
+    vms: list[str] = []
+    work: dict[str, list] = {}
+    for i, rep in enumerate(runs.values()):
+        for vm in rep["vms"]:
+            name = str(vm.get("name", f"VM {vm['vm']}"))
+            if metric not in vm:
+                raise ParameterError(f"VM {name} has no {metric!r} (keys: {', '.join(vm)})")
+            if name not in work:
+                vms.append(name)
+                work[name] = [None] * len(labels)
+            work[name][i] = vm[metric]
+    util = []
+    for rep in runs.values():
+        ps = rep.get("pcpus", ())
+        util.append(sum(p["utilisation"] for p in ps) / len(ps) if ps else None)
+    return {"labels": labels, "vms": vms, "work": work, "utilisation": util, "metric": metric}
+
+
+def vm_work_bar(runs, metric: str = "instructions", *, title: str | None = None) -> go.Figure:
+    """Grouped bars: each VM's work per run; the pCPUs' mean utilisation over each run."""
+    d = vm_work_data(runs, metric)
+    fig = go.Figure()
+    for k, vm in enumerate(d["vms"]):
+        fig.add_trace(go.Bar(name=vm, x=d["labels"], y=d["work"][vm], marker_color=VM_COLORS[k % len(VM_COLORS)],
+                             hovertemplate=f"{vm}: %{{y:,}}<extra>%{{x}}</extra>"))
+    for label, u in zip(d["labels"], d["utilisation"]):
+        if u is not None:
+            fig.add_annotation(x=label, y=0, yref="paper", yshift=-28, showarrow=False,
+                               text=f"pCPUs busy {u:.0%}")
+    fig.update_layout(title=title or f"Work per VM ({metric})", barmode="group", yaxis_title=metric,
+                      margin=dict(l=10, r=10, t=50, b=60))
+    return fig
+
+
 # ---------------------------------------------------------------------- export
 
 def save_html(fig: go.Figure, path) -> Path:
@@ -576,4 +853,5 @@ def save_html(fig: go.Figure, path) -> Path:
 
 __all__ = ["timeline", "timeline_data", "breakdown_bar", "breakdown_data", "stall_histogram",
            "stall_data", "sweep_lines", "sweep_series", "sweep_heatmap", "sweep_grid",
-           "model_vs_published", "published_data", "save_html", "MODE_COLORS", "PUBLISHED"]
+           "model_vs_published", "published_data", "swimlanes", "lanes_data", "cpu_breakdown_bar",
+           "cpu_breakdown_data", "vm_work_bar", "vm_work_data", "save_html", "MODE_COLORS", "PUBLISHED"]

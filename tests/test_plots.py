@@ -209,3 +209,139 @@ def test_save_html_is_standalone(tmp_path, pair):
     assert re.findall(r"<script[^>]*\bsrc=", text) == []   # nothing fetched from a CDN
     assert len(text) > 1_000_000                   # plotly.js inlined: opens offline
     assert "memtouch APF off" in text
+
+
+# ---------------------------------------------------------------------- several vCPUs
+
+@pytest.fixture(scope="module")
+def overcommitted():
+    """Four compute-bound vCPUs on two pCPUs (tests/test_pcpu.py's guest)."""
+    from test_pcpu import workers
+    return workers(2)
+
+
+@pytest.fixture(scope="module")
+def two_vms():
+    from test_pcpu import tenants
+    return tenants()
+
+
+def lane_bars(d, row):
+    return sorted((b for b in d["bars"] if b[0] == row), key=lambda b: b[1])
+
+
+def test_one_lane_per_vcpu_and_the_spans_tile_each_lane(overcommitted):
+    m, rep = overcommitted
+    d = plots.lanes_data(m)
+    assert d["rows"] == [f"vCPU {i}" for i in range(4)] and d["bin_ns"] == 0
+    for i, row in enumerate(d["rows"]):
+        bars = lane_bars(d, row)
+        spans, modes = m.trace.lane(i)
+        assert bars[0][1] == spans[0][0] and bars[-1][1] + bars[-1][2] == spans[-1][1]
+        for a, b in zip(bars, bars[1:]):        # back to back: no gap, no overlap
+            assert a[1] + a[2] == b[1]
+        assert {k: v for k, v in d["totals"][row].items() if v} == {k: v for k, v in modes.items() if v}
+    # The lanes' totals are the report's run / stall / steal / idle.
+    cb = plots.cpu_breakdown_data(m)
+    for i, row in enumerate(d["rows"]):
+        t = d["totals"][row]
+        assert cb["run"][i] == t["el0"] + t["el1"] + t["handler"] + t["host"] == rep["vcpus"][i]["run_ns"]
+        assert cb["steal"][i] == t["steal"] > 0
+        assert cb["stall"][i] == t["stalled"] and cb["idle"][i] == t["halted"]
+        assert cb["total"][i] == sum(t.values())
+
+
+def test_pcpu_lanes_show_who_held_each_pcpu(overcommitted):
+    m, rep = overcommitted
+    d = plots.lanes_data(m)
+    assert d["pcpu_rows"] == ["pCPU 0", "pCPU 1"]
+    for p in rep["pcpus"]:
+        row = f"pCPU {p['pcpu']}"
+        assert d["pcpu_busy"][row] == p["busy_ns"]
+        bars = sorted((b for b in d["pcpu_bars"] if b[0] == row), key=lambda b: b[1])
+        assert sum(b[2] for b in bars) == p["busy_ns"]
+        for a, b in zip(bars, bars[1:]):
+            assert a[1] + a[2] <= b[1]              # one holder at a time
+    held = {}
+    for row, a, dur, who in d["pcpu_bars"]:
+        held.setdefault(who, []).append((a, a + dur))
+    for i, v in enumerate(rep["vcpus"]):
+        spans = sorted(held[f"vCPU {i}"])
+        assert sum(b - a for a, b in spans) == v["run_ns"]     # held a pCPU exactly while it ran
+        for (a0, b0), (a1, _b1) in zip(spans, spans[1:]):
+            assert b0 <= a1                          # never on two pCPUs at once
+
+
+def test_swimlanes_figure_has_both_panels_and_draws_every_ns(overcommitted):
+    m, rep = overcommitted
+    fig = plots.swimlanes(m)
+    d = plots.lanes_data(m)
+    guest = [tr for tr in fig.data if tr.yaxis in (None, "y")]
+    host = [tr for tr in fig.data if tr.yaxis == "y2"]
+    assert {y for tr in guest for y in tr.y} == set(d["rows"])
+    assert {y for tr in host for y in tr.y} == {"pCPU 0", "pCPU 1"}
+    drawn = round(sum(sum(tr.x) for tr in guest) * 1000)
+    assert drawn == sum(sum(t.values()) for t in d["totals"].values())
+    assert round(sum(sum(tr.x) for tr in host) * 1000) == sum(p["busy_ns"] for p in rep["pcpus"])
+    assert {tr.name for tr in host} == {f"vCPU {i}" for i in range(4)}
+
+
+def test_without_pcpus_no_host_panel_and_no_steal():
+    from test_smp import run_counter
+    m = run_counter(2)
+    d = plots.lanes_data(m)
+    assert d["rows"] == ["vCPU 0", "vCPU 1"] and d["pcpu_rows"] == []
+    assert all(t["steal"] == 0 for t in d["totals"].values())
+    fig = plots.swimlanes(m)
+    assert all(tr.yaxis in (None, "y") for tr in fig.data)
+    assert plots.lanes_data(m.trace)["rows"] == ["vCPU 0", "vCPU 1"]     # from the trace alone
+    with pytest.raises(ParameterError):
+        plots.lanes_data(m, t0=10, t1=5)
+
+
+def test_lanes_window_and_merging_keep_the_totals(overcommitted):
+    m, _ = overcommitted
+    d = plots.lanes_data(m, t0=50_000, t1=150_000)
+    for row in d["rows"]:
+        bars = lane_bars(d, row)
+        assert bars[0][1] >= 50_000 and bars[-1][1] + bars[-1][2] <= 150_000
+    full = plots.lanes_data(m)
+    small = plots.lanes_data(m, max_bars=12)
+    assert small["bin_ns"] > 0 and len(small["bars"]) <= 12 < len(full["bars"])
+    assert small["totals"] == full["totals"]
+    per_mode = {}
+    for row, _a, dur, mode in small["bars"]:
+        per_mode[(row, mode)] = per_mode.get((row, mode), 0) + dur
+    assert per_mode == {(r, k): v for r, t in full["totals"].items() for k, v in t.items() if v}
+
+
+def test_tenants_lanes_per_vm_and_work_per_vm(two_vms):
+    ms, rep = two_vms
+    d = plots.lanes_data(ms)
+    assert d["rows"] == [f"VM {k} vCPU {i}" for k in range(2) for i in range(4)]
+    assert {b[3].split(" vCPU")[0] for b in d["pcpu_bars"]} == {"VM 0", "VM 1"}
+    assert [d["pcpu_busy"][f"pCPU {p['pcpu']}"] for p in rep["pcpus"]] == [p["busy_ns"] for p in rep["pcpus"]]
+    cb = plots.cpu_breakdown_data(rep)
+    assert cb["labels"] == d["rows"]
+    assert cb["run"] == [v["run_ns"] for vm in rep["vms"] for v in vm["vcpus"]]
+    w = plots.vm_work_data({"first": rep, "again": rep})
+    assert w["vms"] == ["VM 0", "VM 1"] and w["labels"] == ["first", "again"]
+    assert w["work"]["VM 0"] == [rep["vms"][0]["instructions"]] * 2
+    assert w["utilisation"][0] == pytest.approx(sum(p["utilisation"] for p in rep["pcpus"]) / 2)
+    fig = plots.vm_work_bar(rep)
+    assert [list(tr.y) for tr in fig.data] == [[vm["instructions"]] for vm in rep["vms"]]
+    with pytest.raises(ParameterError, match="no 'work'"):
+        plots.vm_work_data(rep, metric="work")
+    with pytest.raises(ParameterError, match="share one HostScheduler"):
+        from test_pcpu import workers
+        plots.lanes_data([ms[0], workers(1, iters=2_000)[0]])
+
+
+def test_cpu_breakdown_bar_stacks_the_report(overcommitted):
+    m, rep = overcommitted
+    fig = plots.cpu_breakdown_bar(rep)
+    got = {tr.name: list(tr.customdata) for tr in fig.data}
+    assert got == {"run": [v["run_ns"] for v in rep["vcpus"]], "steal": [v["steal_ns"] for v in rep["vcpus"]]}
+    assert "pCPU 0 busy" in fig.layout.title.text
+    with pytest.raises(ParameterError):
+        plots.cpu_breakdown_data({"elapsed_ns": 0})
