@@ -291,3 +291,76 @@ def test_explorer_steps_through_any_design(delivery):
     kinds = [r["kind"] for r in ex.state()["recent"]]
     assert "stage2_fault" in kinds and "apf_not_present" in kinds
     assert ex.machine.apf.snapshot()["delivery"] == delivery
+
+
+# ---------------------------------------------------------------------- several vCPUs
+
+def smp_factory(seed):
+    """vCPU 0 starts vCPU 1 (CPU_ON); vCPU 1 faults on a swapped page (tests/test_smp.py)."""
+    from test_smp import HALTED_FAULT
+    m = Machine(seed=seed, vcpus=2)
+    syms = m.load_asm(HALTED_FAULT)
+    m.write_u64(syms["page"], 77)
+    m.evict(syms["page"])
+    return m
+
+
+def test_one_vcpu_explorer_has_no_vcpu_selector():
+    ex = Explorer(npages=8, limit_pages=32)
+    assert ex.vcpu_box.layout.display == "none"
+    assert ex.state()["vcpu"] == 0 and len(ex.state()["vcpus"]) == 1
+    with pytest.raises(ParameterError, match="vcpu"):
+        ex.select_vcpu(1)
+
+
+def test_the_vcpu_selector_shows_the_chosen_vcpus_registers_and_pc():
+    ex = Explorer(smp_factory)
+    assert ex.vcpu_box.layout.display != "none"
+    assert [v for _, v in ex.vcpu_picker.options] == [0, 1]
+    for _ in range(3):
+        ex.buttons["step100"].click()
+    m = ex.machine
+    pc0, pc1 = m.reg("pc"), m.reg("pc", vcpu=1)
+    assert pc0 != pc1 and ex.state()["pc"] == pc0
+    ex.vcpu_picker.value = 1                   # what clicking "vCPU 1" does
+    s = ex.state()
+    assert s["vcpu"] == 1 and s["pc"] == pc1 and s["vcpus"][1]["power"] == "on"
+    assert f"▶ {pc1:#010x}" in ex.disasm_view.value and f"▶ {pc0:#010x}" not in ex.disasm_view.value
+    assert f"{m.reg('x5', vcpu=1):016x}" in ex.regs_view.value
+    assert "showing vCPU 1" in ex.header.value
+    # Stepping still steps the machine (both vCPUs); the selection stays.
+    before = [v["retired"] for v in s["vcpus"]]
+    ex.buttons["step100"].click()
+    after = [v["retired"] for v in ex.state()["vcpus"]]
+    assert sum(after) - sum(before) == 100 and ex.state()["vcpu"] == 1
+    assert ex.state()["pc"] == m.reg("pc", vcpu=1)
+    ex.vcpu_picker.value = 0
+    assert ex.state()["pc"] == m.reg("pc") and f"▶ {m.reg('pc'):#010x}" in ex.disasm_view.value
+
+
+def test_the_trace_view_filters_by_vcpu_and_injections_act_on_the_shown_vcpu():
+    ex = Explorer(smp_factory)
+    ex.buttons["fault"].click()
+    assert ex.state()["stopped_at"]["vcpu"] == 1          # vCPU 1 touched the swapped page
+    ex.vcpu_picker.value = 0
+    ex.own_filter.value = True
+    recent = ex.state()["recent"]
+    assert recent and {r["vcpu"] for r in recent} == {0}
+    ex.vcpu_picker.value = 1
+    recent = ex.state()["recent"]
+    assert recent and {r["vcpu"] for r in recent} == {1}
+    assert "stage2_fault" in ex.log_view.value
+    ex.own_filter.value = False
+    assert {r["vcpu"] for r in ex.state()["recent"]} == {0, 1}
+    # The PE mask button acts on the shown vCPU's PE only, and is undone by step back.
+    # (This guest never calls SDEI_PE_UNMASK: both PEs are masked, as after reset.)
+    m = ex.machine
+    assert m.sdei_of(0).pe.masked and m.sdei_of(1).pe.masked
+    ex.buttons["mask"].click()
+    assert ex.actions[-1] == ("mask", False, 1)
+    assert not m.sdei_of(1).pe.masked and m.sdei_of(0).pe.masked
+    assert not ex.state()["sdei"]["masked"] and ex.buttons["mask"].description == "PE: unmasked"
+    ex.vcpu_picker.value = 0
+    assert ex.state()["sdei"]["masked"] and ex.buttons["mask"].description == "PE: masked"
+    ex.buttons["back"].click()
+    assert ex.machine.sdei_of(1).pe.masked and ex.state()["vcpu"] == 0

@@ -14,6 +14,11 @@ after that action, and raises ``InvariantError`` if they differ.  Fault injectio
 page, change the swap latency, APF off, mask the PE, fill the APF queue) goes through the
 same action list, so it is replayed too.
 
+Several vCPUs: a selector picks the vCPU whose registers, PC/disassembly, clock, SDEI PE
+and APF queue are shown (and which the host-side injections act on: those actions carry
+the vCPU); the trace view can show only its records. Selecting is a view choice, not an
+action: stepping still steps the whole machine (every vCPU, interleaved in virtual time).
+
 The explorer reads the machine only through apflab's public surface (``Machine``, the
 trace, ``sdei.snapshot()``, ``apf.snapshot()``, ``stage2`` queries) and injects only through
 the owning services' methods (``stage2.evict``, the swap store's ``set_read_latency``,
@@ -86,20 +91,21 @@ def build_guest(seed: int = 0, **params) -> Setup:
 # ---------------------------------------------------------------------- host-side injections
 # Thin front-end helpers: each is one call to the owning service's method.
 
-def set_pe_masked(m: Machine, masked: bool) -> None:
-    """What SDEI_PE_MASK / PE_UNMASK do to the PE, done from the host side."""
-    m.sdei.set_pe_masked(masked)
+def set_pe_masked(m: Machine, masked: bool, vcpu: int = 0) -> None:
+    """What SDEI_PE_MASK / PE_UNMASK do to vCPU ``vcpu``'s PE, done from the host side."""
+    m.sdei_of(vcpu).set_pe_masked(masked)
 
 
-def fill_apf_slots(m: Machine) -> int:
-    """Hold every slot of the APF queue until ``release_apf_slots``: the next faults that need
-    I/O fall back with "queue_full" (KVM's ASYNC_PF_PER_VCPU cap). Returns the slots held."""
-    return m.apf.fill_queue()
+def fill_apf_slots(m: Machine, vcpu: int = 0) -> int:
+    """Hold every slot of vCPU ``vcpu``'s APF queue until ``release_apf_slots``: its next
+    faults that need I/O fall back with "queue_full" (KVM's ASYNC_PF_PER_VCPU cap, per vCPU).
+    Returns the slots held."""
+    return m.apf_of(vcpu).fill_queue()
 
 
-def release_apf_slots(m: Machine) -> int:
+def release_apf_slots(m: Machine, vcpu: int = 0) -> int:
     """Give back the slots ``fill_apf_slots`` held; returns how many."""
-    return m.apf.release_queue()
+    return m.apf_of(vcpu).release_queue()
 
 
 def set_swap_latency(m: Machine, kind: str, latency_ns: int | None) -> dict:
@@ -145,8 +151,10 @@ class Explorer:
         self.status = ""
         self.stopped_at: Record | None = None
         self.guest_stopped = False
-        self._prev_regs: dict[str, int] = {}
+        self._prev_regs: dict[int, dict[str, int]] = {}
         self._syncing = False
+        self.vcpu = 0                       # the vCPU shown (several vCPUs only)
+        self.own_records = False            # trace view: only the shown vCPU's records
         self._build_widgets()
         self._fresh()
         self._marks = [self._fingerprint()]
@@ -164,6 +172,17 @@ class Explorer:
         for name, addr in sorted(setup.symbols.items()):
             if not name.startswith((".", "L")):
                 self._labels.setdefault(addr, name)
+        n = len(self.machine.vcpus)
+        if self.vcpu >= n:
+            self.vcpu = 0
+        options = [(f"vCPU {i}", i) for i in range(n)]
+        if list(self.vcpu_picker.options) != options:
+            self._syncing = True
+            self.vcpu_picker.options = options
+            self.vcpu_picker.value = self.vcpu
+            self._syncing = False
+        shown = n > 1
+        self.vcpu_box.layout.display = None if shown else "none"
 
     def _fingerprint(self) -> dict:
         m = self.machine
@@ -192,26 +211,32 @@ class Explorer:
             desc = set_swap_latency(m, action[1], action[2])
             return (f"swap reads from now on: median {desc['latency_ns']:,} ns, jitter "
                     f"{desc['jitter']} ({desc['channels']} channel(s), as built)")
+        # Host-side injections name their vCPU last; without it they act on vCPU 0.
+        at = {"apf": 2, "mask": 2, "fill_slots": 1, "release_slots": 1, "wake_all": 1}.get(kind)
+        vcpu = action[at] if at is not None and len(action) > at else 0
+        apf = m.apf_of(vcpu) if m.apf is not None else None
+        on = f" (vCPU {vcpu})" if len(m.vcpus) > 1 else ""
         if kind == "apf":
-            m.apf.set_allowed(action[1])
+            apf.set_allowed(action[1])
             line = f"APF {'allowed' if action[1] else 'not allowed'}: future faults " + \
                 ("may be asynchronous" if action[1] else "stall (reason apf_disabled)")
-            real = list(m.apf.work.values())
+            real = list(apf.work.values())
             if real and not action[1]:
                 line += (f"; {len(real)} async page-in(s) still outstanding: watch how their "
                          "page-ready notices and the guest's IRQ_ACK fare")
-            return line
+            return line + on
         if kind == "mask":
-            set_pe_masked(m, action[1])
-            return "PE masked: SDEI events wait, faults stall (pe_masked)" if action[1] else "PE unmasked"
+            set_pe_masked(m, action[1], vcpu)
+            return ("PE masked: SDEI events wait, faults stall (pe_masked)" if action[1]
+                    else "PE unmasked") + on
         if kind == "fill_slots":
-            return (f"holding all {fill_apf_slots(m)} APF slots until released: the next faults "
-                    "that need I/O fall back (queue_full)")
+            return (f"holding all {fill_apf_slots(m, vcpu)} APF slots until released: the next "
+                    "faults that need I/O fall back (queue_full)" + on)
         if kind == "release_slots":
-            return f"released {release_apf_slots(m)} held slot(s)"
+            return f"released {release_apf_slots(m, vcpu)} held slot(s)" + on
         if kind == "wake_all":
-            m.apf.wake_all()
-            return "queued a wake-all (token 0xffffffff)"
+            apf.wake_all()
+            return "queued a wake-all (token 0xffffffff)" + on
         raise InvariantError(f"unknown explorer action {action!r}")
 
     def _after_run(self, stop, what: str) -> str:
@@ -303,20 +328,57 @@ class Explorer:
     def set_store(self, kind: str, latency_ns: int | None = None) -> str:
         return self.do("store", kind, latency_ns if latency_ns else None)
 
+    # Injections act on the vCPU shown; on vCPU 0 the actions keep their one-vCPU form.
+    def _on(self) -> tuple:
+        return (self.vcpu,) if self.vcpu else ()
+
     def set_apf(self, allowed: bool) -> str:
-        return self.do("apf", bool(allowed))
+        return self.do("apf", bool(allowed), *self._on())
 
     def mask_pe(self, masked: bool = True) -> str:
-        return self.do("mask", bool(masked))
+        return self.do("mask", bool(masked), *self._on())
 
     def fill_slots(self) -> str:
-        return self.do("fill_slots")
+        return self.do("fill_slots", *self._on())
 
     def release_slots(self) -> str:
-        return self.do("release_slots")
+        return self.do("release_slots", *self._on())
 
     def wake_all(self) -> str:
-        return self.do("wake_all")
+        return self.do("wake_all", *self._on())
+
+    def select_vcpu(self, vcpu: int) -> None:
+        """Show vCPU ``vcpu`` (registers, PC, clock, SDEI PE, APF queue); not an action."""
+        n = len(self.machine.vcpus)
+        if not isinstance(vcpu, int) or isinstance(vcpu, bool) or not 0 <= vcpu < n:
+            raise ParameterError(f"vcpu must be an index in [0, {n}), got {vcpu!r}")
+        self.vcpu = vcpu
+        if self.vcpu_picker.value != vcpu:
+            self._syncing = True
+            self.vcpu_picker.value = vcpu
+            self._syncing = False
+        self.refresh()
+
+    def show_own_records(self, only: bool = True) -> None:
+        """Trace view: only the shown vCPU's records (True) or every record (False)."""
+        self.own_records = bool(only)
+        if self.own_filter.value != self.own_records:
+            self._syncing = True
+            self.own_filter.value = self.own_records
+            self._syncing = False
+        self.refresh()
+
+    def _recent(self) -> list[Record]:
+        recs = self.machine.trace.records
+        if not (self.own_records and len(self.machine.vcpus) > 1):
+            return recs[-LOG_LINES:]
+        out = []
+        for r in reversed(recs):
+            if r.get("vcpu") == self.vcpu:
+                out.append(r)
+                if len(out) == LOG_LINES:
+                    break
+        return out[::-1]
 
     def _gpn_of(self, page) -> int:
         s2 = self.machine.stage2
@@ -352,23 +414,32 @@ class Explorer:
         summary = {s.name.lower(): 0 for s in PageState}
         for s in states:
             summary[s.name.lower()] += 1
-        apf = m.apf.snapshot() if m.apf is not None else {}
-        sdei = m.sdei.snapshot() if m.sdei is not None else {}
+        i = self.vcpu
+        apf = m.apf_of(i).snapshot() if m.apf is not None else {}
+        sdei = m.sdei_of(i).snapshot() if m.sdei is not None else {}
+        v = m.vcpus[i]
         return {
-            "pc": m.vcpu.pc, "el": m.vcpu.el, "now_ns": m.now_ns, "retired": m.host.retired,
+            "vcpu": i, "pc": v.pc, "el": v.el, "now_ns": m.now_ns, "retired": m.host.retired,
+            "vcpus": [self._vcpu_state(k) for k in range(len(m.vcpus))],
             "digest": tr.digest(),
             "last_record": tr.records[-1].kind if tr.records else None,
             "stopped_at": self.stopped_at.as_dict() if self.stopped_at else None,
             "guest_stopped": self.guest_stopped,
             "counts": dict(tr.counts),
             "pages": summary, "page_states": [s.name.lower() for s in states],
-            "recent": [r.as_dict() for r in tr.records[-LOG_LINES:]],
+            "recent": [r.as_dict() for r in self._recent()],
             "apf": {"allowed": apf.get("allowed"), "enabled": apf.get("enabled"),
                     "outstanding": len(apf.get("outstanding", ())), "held": apf.get("reserved", 0),
                     "fallbacks": apf.get("fallbacks", {})},
             "sdei": {"masked": sdei.get("masked"), "running": sdei.get("running", [])},
             "actions": list(self.actions), "status": self.status,
         }
+
+    def _vcpu_state(self, k: int) -> dict:
+        st = self.machine.host.cpus[k]
+        v = self.machine.vcpus[k]
+        return {"vcpu": k, "pc": v.pc, "el": v.el, "now_ns": st.now, "retired": st.retired,
+                "power": st.power.name.lower(), "halted": st.halted}
 
     # ------------------------------------------------------------------ widgets
     def _build_widgets(self) -> None:
@@ -406,12 +477,19 @@ class Explorer:
         b["evict"].on_click(lambda _: self.evict(self.page_input.value))
         b["store_apply"].on_click(lambda _: self.set_store(self.store_input.value, self.latency_input.value))
         b["store_rebuild"].on_click(lambda _: self._rebuild_with_store())
-        b["apf"].on_click(lambda _: self.set_apf(not self.machine.apf.allowed))
-        b["mask"].on_click(lambda _: self.mask_pe(not self.machine.sdei.pe.masked))
+        b["apf"].on_click(lambda _: self.set_apf(not self.machine.apf_of(self.vcpu).allowed))
+        b["mask"].on_click(lambda _: self.mask_pe(not self.machine.sdei_of(self.vcpu).pe.masked))
         b["fill"].on_click(lambda _: self.fill_slots())
         b["release"].on_click(lambda _: self.release_slots())
         b["wake_all"].on_click(lambda _: self.wake_all())
 
+        self.vcpu_picker = W.ToggleButtons(options=[("vCPU 0", 0)], value=0, description="show",
+                                           tooltip="the vCPU whose registers, PC and services are shown")
+        self.vcpu_picker.observe(self._on_pick, names="value")
+        self.own_filter = W.Checkbox(value=False, description="trace: only this vCPU's records",
+                                     indent=False)
+        self.own_filter.observe(self._on_filter, names="value")
+        self.vcpu_box = W.HBox([self.vcpu_picker, self.own_filter])
         self.page_input = W.Text(value="0", description="page", placeholder="index or 0x address",
                                  layout=W.Layout(width="240px"))
         self.store_input = W.Dropdown(options=["ssd", "hdd"], value=self.params.get("store", "ssd"),
@@ -433,6 +511,7 @@ class Explorer:
         box = W.Layout(border="1px solid #ddd", padding="4px", margin="2px")
         self.widget = W.VBox([
             self.header,
+            self.vcpu_box,
             W.HBox([b["step1"], b["step100"], b["fault"], b["sdei"], b["irq"], b["ready"],
                     b["back"], b["reset"]]),
             self.status_view,
@@ -441,13 +520,22 @@ class Explorer:
             W.HBox([W.VBox([W.HTML("<b>SDEI</b>"), self.sdei_view], layout=box),
                     W.VBox([W.HTML("<b>APF</b>"), self.apf_view], layout=box)]),
             W.VBox([W.HTML("<b>stage-2 pages of the workload buffer</b>"), self.page_view], layout=box),
-            W.VBox([W.HTML(f"<b>last {LOG_LINES} trace records</b>"), self.log_view], layout=box),
+            W.VBox([W.HTML(f"<b>last {LOG_LINES} trace records</b> (with several vCPUs each names "
+                           "its vCPU)"), self.log_view], layout=box),
             W.VBox([W.HTML("<b>fault injection</b> (recorded as actions: step back replays them)"),
                     W.HBox([self.page_input, b["evict"]]),
                     W.HBox([self.store_input, self.latency_input, b["store_apply"], b["store_rebuild"]]),
                     self.store_note,
                     W.HBox([b["apf"], b["mask"], b["fill"], b["release"], b["wake_all"]])], layout=box),
         ])
+
+    def _on_pick(self, change) -> None:
+        if not self._syncing:
+            self.select_vcpu(change["new"])
+
+    def _on_filter(self, change) -> None:
+        if not self._syncing:
+            self.show_own_records(change["new"])
 
     def _guard(self, fn) -> None:
         try:
@@ -469,8 +557,8 @@ class Explorer:
     # ------------------------------------------------------------------ views
     def refresh(self) -> None:
         m = self.machine
-        apf_on = m.apf is not None and m.apf.allowed
-        masked = m.sdei is not None and m.sdei.pe.masked
+        apf_on = m.apf is not None and m.apf_of(self.vcpu).allowed
+        masked = m.sdei is not None and m.sdei_of(self.vcpu).pe.masked
         b = self.buttons
         b["apf"].description = "APF: allowed" if apf_on else "APF: off"
         b["apf"].button_style = "success" if apf_on else ""
@@ -503,19 +591,31 @@ class Explorer:
             # The run stops after the host handled the event (an SDEI may already be
             # dispatched), so the PC below can be the handler's: show where it happened.
             done += f"<br>stopped at <b>{rec.kind}</b> raised at pc {rec.get('pc'):#x}"
-        return (f"<b>pc</b> {m.vcpu.pc:#x} &nbsp; <b>EL</b>{m.vcpu.el} &nbsp; <b>t</b> = "
+        v = m.vcpus[self.vcpu]
+        line = (f"<b>pc</b> {v.pc:#x} &nbsp; <b>EL</b>{v.el} &nbsp; <b>t</b> = "
                 f"{m.now_ns:,} ns &nbsp; <b>retired</b> {m.host.retired:,} &nbsp; <b>running</b> "
                 f"{where} &nbsp; <b>actions</b> {len(self.actions)} &nbsp; <b>seed</b> {self.seed}{done}")
+        if len(m.vcpus) > 1:
+            per = []
+            for s in (self._vcpu_state(k) for k in range(len(m.vcpus))):
+                state = "halted" if s["halted"] and s["power"] == "on" else s["power"]
+                text = (f"vCPU {s['vcpu']}: {state}, pc {s['pc']:#x}, t = {s['now_ns']:,} ns, "
+                        f"{s['retired']:,} insns")
+                per.append(f"<b>{text}</b>" if s["vcpu"] == self.vcpu else text)
+            line = (f"<b>showing vCPU {self.vcpu}</b> (t, retired: the machine's) &nbsp; " + line
+                    + "<br><small>" + "<br>".join(per) + "</small>")
+        return line
 
     def _disasm_html(self) -> str:
         m = self.machine
-        pc = m.vcpu.pc
+        v = m.vcpus[self.vcpu]
+        pc = v.pc
         lines = m.program.lines if m.program is not None else {}
         out = []
         for addr in range(pc - 20, pc + 24, 4):
             if addr in self._labels:
                 out.append(f"<span style='color:#888'>{html.escape(self._labels[addr])}:</span>")
-            insn = m.vcpu.disasm_at(addr).replace("\t", " ")
+            insn = v.disasm_at(addr).replace("\t", " ")
             src = lines.get(addr)
             note = f"  <span style='color:#888'>// line {src[0]}</span>" if src else ""
             text = f"{'▶' if addr == pc else ' '} {addr:#010x}  {html.escape(insn)}{note}"
@@ -523,9 +623,9 @@ class Explorer:
         return "<pre style='margin:0;font-size:12px'>" + "\n".join(out) + "</pre>"
 
     def _regs_html(self) -> str:
-        regs = self.machine.regs()
-        prev = self._prev_regs
-        self._prev_regs = regs
+        regs = self.machine.regs(vcpu=self.vcpu)
+        prev = self._prev_regs.get(self.vcpu)
+        self._prev_regs[self.vcpu] = regs
 
         def cell(name):
             v = regs[name]
@@ -542,7 +642,7 @@ class Explorer:
     def _sdei_html(self) -> str:
         if self.machine.sdei is None:
             return "<i>no SDEI service</i>"
-        s = self.machine.sdei.snapshot()
+        s = self.machine.sdei_of(self.vcpu).snapshot()
         rows = "".join(
             f"<tr><td>{n}</td><td>{html.escape(e['name'])}</td><td>{e['priority']}</td>"
             f"<td>{'✓' if e['registered'] else ''}</td><td>{'✓' if e['enabled'] else ''}</td>"
@@ -556,7 +656,7 @@ class Explorer:
     def _apf_html(self) -> str:
         if self.machine.apf is None:
             return "<i>no APF service</i>"
-        a = self.machine.apf.snapshot()
+        a = self.machine.apf_of(self.vcpu).snapshot()
         out = a["outstanding"]
         rows = "".join(
             f"<tr><td>{w['token']:#x}</td><td>{'placeholder' if w['gpn'] < 0 else hex(w['gpn'])}</td>"
@@ -590,7 +690,7 @@ class Explorer:
                 f"{s2.resident_pages}/{'∞' if limit is None else limit}</small>")
 
     def _log_html(self) -> str:
-        recs = self.machine.trace.records[-LOG_LINES:]
+        recs = self._recent()
         lines = []
         for r in recs:
             fields = " ".join(f"{k}={_fmt(k, v)}" for k, v in r.fields)
