@@ -686,7 +686,10 @@ class Host:
             if self.smp:
                 count = min(count, self.quantum)   # then the next vCPU's turn
             if self.sched is not None:             # ...and not past its pCPU time slice
-                count = min(count, -(-self.sched.budget_ns(self._cur) // self.ns_per_insn))
+                budget = self.sched.budget_ns(self._cur)
+                if budget is None:
+                    continue      # released its pCPU while held in the host: ask again
+                count = min(count, -(-budget // self.ns_per_insn))
 
             if self.on_run_state is not None:
                 self.on_run_state(self._cur, "running")

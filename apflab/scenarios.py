@@ -406,6 +406,126 @@ def _set_limit(m: Machine, syms, limit_pages: int) -> None:
     m.stage2.set_limit(len(guest.kernel_pages(syms)) + limit_pages)
 
 
+# ---------------------------------------------------------------------- overcommit: two tenants
+
+OVERCOMMIT = {
+    **_COMMON,
+    "pcpus": (1, _int_range(1, 8), "must be an int in [1, 8] (physical CPUs the two VMs share)"),
+    "time_slice_ns": (3_000_000, _int_range(1_000),
+                      "must be an int >= 1000 ns (the host scheduler's slice; default 3 ms, CFS's base slice)"),
+    "npages": (256, _int_range(4, 1 << 16), "must be an int in [4, 65536] (VM A's walker buffer, pages)"),
+    "limit_pages": (64, _int_range(2), "must be an int >= 2 (VM A's host memory limit for the buffer, pages)"),
+    "duration_ns": (20_000_000, _int_range(1_000_000), "must be an int >= 1 ms of virtual time (the run length)"),
+    "ram_mib": (16, _int_range(4, 4096), "must be an int in [4, 4096] (guest RAM of each VM, MiB)"),
+    "max_instructions": (400_000_000, _int_range(1), "must be a positive int (both VMs together)"),
+}
+
+
+@dataclass
+class TenantsSetup(Setup):
+    """``machine`` is VM A (the faulting one, what the explorer shows); ``tenants`` lists
+    every VM sharing the host's physical CPUs, A first."""
+    tenants: list = field(default_factory=list)
+
+
+@dataclass
+class OvercommitResult(ScenarioResult):
+    """A ``ScenarioResult`` for VM A plus the host's view: per VM work, per vCPU time, per
+    pCPU utilisation (``pcpu.tenant_report``)."""
+    vms: list = field(default_factory=list)
+    pcpus: list = field(default_factory=list)
+    duration_ns: int = 0
+    preemptions: int = 0
+
+    @property
+    def guest_rate(self) -> float:
+        """VM A's work units per ms of the run: what the guest sees."""
+        return self.vms[0]["work"]["total"] / (self.duration_ns / 1e6)
+
+    @property
+    def host_rate(self) -> float:
+        """Both VMs' work units per pCPU-ms: what the host sells."""
+        return sum(v["work"]["total"] for v in self.vms) / (len(self.pcpus) * self.duration_ns / 1e6)
+
+    @property
+    def host_rate_instructions(self) -> float:
+        """Both VMs' guest instructions per pCPU-ms (counts APF's own guest code as work)."""
+        return sum(v["instructions"] for v in self.vms) / (len(self.pcpus) * self.duration_ns / 1e6)
+
+    def summary(self) -> dict:
+        out = super().summary()
+        out.update({"vms": self.vms, "pcpus": self.pcpus, "duration_ns": self.duration_ns,
+                    "preemptions": self.preemptions, "guest_rate_per_ms": round(self.guest_rate, 3),
+                    "host_rate_per_pcpu_ms": round(self.host_rate, 3),
+                    "host_rate_instructions_per_pcpu_ms": round(self.host_rate_instructions, 1)})
+        return out
+
+
+def overcommit_gains(off: "OvercommitResult", on: "OvercommitResult") -> dict:
+    """APF's gain seen two ways, on over off: the guest's (VM A's work per ms) and the host's
+    (both VMs' work per pCPU-ms; also in guest instructions)."""
+    for r in (off, on):
+        if not isinstance(r, OvercommitResult):
+            raise ParameterError(f"overcommit_gains takes two overcommit results, got {type(r).__name__}")
+    if off.apf or not on.apf:
+        raise ParameterError("overcommit_gains(off, on): the first run with APF off, the second with it on")
+    return {"guest_view": round(on.guest_rate / off.guest_rate, 4),
+            "host_view": round(on.host_rate / off.host_rate, 4),
+            "host_view_instructions": round(on.host_rate_instructions / off.host_rate_instructions, 4)}
+
+
+def _tenant(p: dict, seed: int, apf: bool, delivery: str, sched, tasks) -> tuple[Machine, dict]:
+    from .backing import make_store
+    store = make_store(p["store"], **_store(p))
+    costs = None if p["host_costs"] is None else HostCosts(**p["host_costs"])
+    m = Machine(seed=seed, ram_size=p["ram_mib"] << 20, store=store, keep_records=p["keep_records"],
+                ns_per_insn=p["ns_per_insn"], costs=costs, apf=True, delivery=delivery,
+                irq_window=p["irq_window"], pcpus=sched)
+    return m, _boot(m, tasks, p, apf, delivery)
+
+
+def _build_overcommit(p: dict, seed: int, apf: bool, delivery: str) -> Setup:
+    """VM A: a memtouch walker over a swapped buffer and a compute task; VM B: a compute task.
+    One vCPU each (the guest kernel is single-CPU), sharing ``pcpus`` physical CPUs."""
+    from .pcpu import HostScheduler
+    sched = HostScheduler(p["pcpus"], p["time_slice_ns"])
+    _need_ram(p["npages"], p["ram_mib"])
+    tasks_a = [guest.memtouch(p["npages"], 1_000_000, tag=1, first_round=1, measured=False),
+               guest.compute(measured=False)]
+    a, syms_a = _tenant(p, seed, apf, delivery, sched, tasks_a)
+    bufs = guest.task_buffers(tasks_a)
+    _prefill_and_swap(a, bufs[0], tag=1)
+    _set_limit(a, syms_a, p["limit_pages"])
+    tasks_b = [guest.compute(measured=False)]
+    b, syms_b = _tenant(p, seed + 1, apf, delivery, sched, tasks_b)   # its own device jitter
+    setup = TenantsSetup("overcommit", a, syms_a, p, apf, delivery, seed, tasks_a,
+                         ["memtouch", "compute"], bufs)
+    setup.tenants = [(a, syms_a, ["memtouch", "compute"]), (b, syms_b, ["compute"])]
+    return setup
+
+
+def _measure_overcommit(setup: Setup) -> ScenarioResult:
+    from .pcpu import run_tenants
+    p = setup.params
+    machines = [m for m, _, _ in setup.tenants]
+    rep = run_tenants(machines, p["max_instructions"], until_ns=p["duration_ns"])
+    vms = []
+    for (m, syms, names), vm in zip(setup.tenants, rep["vms"]):
+        guest.check_no_panic(m, syms)
+        ks = guest.read_kernel_state(m, syms)
+        if any(t.get("mismatches", 0) for t in ks["tasks"]):
+            raise GuestError("overcommit: memtouch found corrupted pages")
+        work = {names[i]: t["work"] for i, t in enumerate(ks["tasks"])}
+        work["total"] = sum(t["work"] for t in ks["tasks"])
+        vms.append({"vm": "AB"[vm["vm"]], "instructions": vm["instructions"], "work": work,
+                    "elapsed_ns": vm["elapsed_ns"], "vcpus": vm["vcpus"], "trace_digest": m.trace.digest(),
+                    "faults": sum(m.trace.tally("stage2_fault").get(k, 0) for k in ("swapped", "inflight"))})
+    base = _result(setup, setup.machine.now_ns)
+    fields = {k: getattr(base, k) for k in base.__dataclass_fields__}
+    return OvercommitResult(**fields, vms=vms, pcpus=rep["pcpus"], duration_ns=p["duration_ns"],
+                            preemptions=rep["preemptions"])
+
+
 @dataclass(frozen=True)
 class ScenarioDef:
     spec: dict
@@ -424,6 +544,8 @@ SCENARIOS = {
     "syscall_read": ScenarioDef(SYSCALL_READ, _build_syscall_read, _measure_memtouch,
                                 "a task reads a swapped buffer, every n-th page through a system call "
                                 "(kernel mode, IRQs masked)"),
+    "overcommit": ScenarioDef(OVERCOMMIT, _build_overcommit, _measure_overcommit,
+                              "two VMs share the physical CPUs: A faults (and computes), B computes"),
 }
 DESIGNS = ("sync", "sdei", "irq", "abort", "halt")
 
