@@ -452,6 +452,17 @@ class OvercommitResult(ScenarioResult):
         """Both VMs' guest instructions per pCPU-ms (counts APF's own guest code as work)."""
         return sum(v["instructions"] for v in self.vms) / (len(self.pcpus) * self.duration_ns / 1e6)
 
+    def table(self) -> str:
+        """VM A's table, then one line per VM and per pCPU (the host's view)."""
+        lines = [super().table(), ""]
+        for v in self.vms:
+            c = v["vcpus"][0] if len(v["vcpus"]) == 1 else None
+            times = "" if c is None else (f"  run {_ms(c['run_ns'])}, stall {_ms(c['stall_ns'])}, "
+                                          f"steal {_ms(c['steal_ns'])}, idle {_ms(c['idle_ns'])}")
+            lines.append(f"VM {v['vm']}: work {v['work']['total']} units, {v['instructions']:,} insns{times}")
+        lines += [f"pCPU {p['pcpu']}: utilisation {p['utilisation']:.1%}" for p in self.pcpus]
+        return "\n".join(lines)
+
     def summary(self) -> dict:
         out = super().summary()
         out.update({"vms": self.vms, "pcpus": self.pcpus, "duration_ns": self.duration_ns,
@@ -469,9 +480,10 @@ def overcommit_gains(off: "OvercommitResult", on: "OvercommitResult") -> dict:
             raise ParameterError(f"overcommit_gains takes two overcommit results, got {type(r).__name__}")
     if off.apf or not on.apf:
         raise ParameterError("overcommit_gains(off, on): the first run with APF off, the second with it on")
-    return {"guest_view": round(on.guest_rate / off.guest_rate, 4),
-            "host_view": round(on.host_rate / off.host_rate, 4),
-            "host_view_instructions": round(on.host_rate_instructions / off.host_rate_instructions, 4)}
+    ratio = lambda a, b: round(a / b, 4) if b else None     # None: nothing done with APF off
+    return {"guest_view": ratio(on.guest_rate, off.guest_rate),
+            "host_view": ratio(on.host_rate, off.host_rate),
+            "host_view_instructions": ratio(on.host_rate_instructions, off.host_rate_instructions)}
 
 
 def _tenant(p: dict, seed: int, apf: bool, delivery: str, sched, tasks) -> tuple[Machine, dict]:

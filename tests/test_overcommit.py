@@ -36,6 +36,8 @@ def test_accounting_adds_up_for_every_design(design):
     if design in ("sdei", "irq", "abort"):
         assert r.apf_not_present > 0
     assert r.summary()["params"]["pcpus"] == 1
+    text = r.table()
+    assert "VM A: work" in text and "VM B: work" in text and "pCPU 0: utilisation" in text
 
 
 def test_same_seed_same_digest_and_another_seed_differs():

@@ -89,7 +89,9 @@ def test_the_boot_stack_starts_below_the_reserved_page():
     m = apflab.Machine(seed=0, pv_lock="preempted")
     m.load_asm("_start:\n brk #0\n")
     assert m.reg("sp") == m.pv_lock.base
-    assert apflab.Machine(seed=0).load_asm("_start:\n brk #0\n") is not None
+    plain = apflab.Machine(seed=0)
+    plain.load_asm("_start:\n brk #0\n")
+    assert plain.reg("sp") == plain.ram_base + plain.ram_size
 
 
 def test_bad_inputs():
