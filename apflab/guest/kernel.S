@@ -41,6 +41,8 @@
 // ---------------------------------------------------------------- constants
 
 	.equ	TASK_MAX, 8
+	.equ	CPU_MAX, 8		// MPIDR_EL1.Aff0 0-7 (apflab.smp.MAX_VCPUS)
+	.equ	PERCPU_SIZE, 0x2000	// one per-CPU block (checked at boot)
 	.equ	TASK_STACK_SIZE, 4096
 	.equ	KSTACK_SIZE, 4096
 
@@ -59,6 +61,7 @@
 	.equ	TS_APF_WAIT, 2		// parked by "page not present", waits for "page ready"
 	.equ	TS_EXITED, 3
 	.equ	TS_SLEEP, 4		// sys_sleep: waits for the timer tick past task_wake_ns
+	.equ	TS_LOCK_WAIT, 5		// pv_lock: blocked on the kernel lock, its syscall restarts
 
 	// Syscall numbers (x8)
 	.equ	SYS_YIELD, 0
@@ -69,6 +72,8 @@
 	.equ	SYS_GETPID, 5
 	.equ	SYS_PEEK, 6
 	.equ	SYS_ALLOC_PAGE, 7
+	.equ	SYS_LOCKED_TOUCH, 8
+	.equ	LT_NOLOCK, 1		// locked_touch flags: bit 0 = skip the lock (the racy control)
 	.equ	ENOSYS, -38
 	.equ	EFAULT, -14
 
@@ -80,6 +85,7 @@
 
 	// GICv3: INTIDs and the spurious ID
 	.equ	INTID_IPI_RESCHEDULE, 0	// SGI 0, as Linux numbers its IPIs (IPI_RESCHEDULE)
+	.equ	INTID_IPI_STOP, 2	// SGI 2 (Linux: IPI_CPU_STOP): a secondary asks CPU 0 to stop
 	.equ	INTID_VTIMER, 27
 	.equ	INTID_SPURIOUS, 1023
 
@@ -155,6 +161,16 @@
 	.equ	PANIC_BAD_EL0_SYNC, 2	// a task took a synchronous exception that is not svc
 	.equ	PANIC_IMAGE, 3		// the kernel image overlaps config_buf_base
 	.equ	PANIC_EL1_IRQ, 4	// an IRQ at EL1 outside the idle loop
+	.equ	PANIC_SMP_BOOT, 5	// a secondary CPU did not come up (PSCI CPU_ON failed)
+
+	// PSCI (DEN0022) and the paravirtual lock service (SMCCC vendor hypervisor
+	// calls of Zengruan Ye's arm64 vcpu_is_preempted series)
+	.equ	PSCI_CPU_ON_64_HI, 0xC400	// CPU_ON (SMC64) = 0xC4000003
+	.equ	PSCI_CPU_ON_64_LO, 0x0003
+	.equ	PV_LOCK_HI, 0xC600
+	.equ	PV_LOCK_FEATURES, 0x0020	// 0xC6000020: x1 = function id queried
+	.equ	PV_LOCK_PREEMPTED, 0x0021	// 0xC6000021: x0 = this vCPU's pvlock_vcpu_state IPA
+	.equ	PV_PREEMPTED, 0			// struct pvlock_vcpu_state { u64 preempted; ... }
 
 	.equ	SCHED_LOG_LEN, 1024
 
@@ -185,6 +201,53 @@
 	str	\t2, [\t1, \idx, lsl #3]
 	.endm
 
+// Per-CPU variables (see "per-CPU data"): TPIDR_EL1 = this CPU's block.
+	.macro	ldr_p reg, sym		// reg = this CPU's sym
+	mrs	\reg, tpidr_el1
+	ldr	\reg, [\reg, #(\sym - percpu0)]
+	.endm
+
+	.macro	str_p reg, sym, tmp	// this CPU's sym = reg
+	mrs	\tmp, tpidr_el1
+	str	\reg, [\tmp, #(\sym - percpu0)]
+	.endm
+
+	.macro	inc_p sym, t1, t2	// this CPU's sym++
+	mrs	\t1, tpidr_el1
+	ldr	\t2, [\t1, #(\sym - percpu0)]
+	add	\t2, \t2, #1
+	str	\t2, [\t1, #(\sym - percpu0)]
+	.endm
+
+	.macro	add_p sym, val, t1, t2	// this CPU's sym += val
+	mrs	\t1, tpidr_el1
+	ldr	\t2, [\t1, #(\sym - percpu0)]
+	add	\t2, \t2, \val
+	str	\t2, [\t1, #(\sym - percpu0)]
+	.endm
+
+	.macro	adr_p reg, sym		// reg = &this CPU's sym
+	mrs	\reg, tpidr_el1
+	add	\reg, \reg, #(\sym - percpu0)
+	.endm
+
+// Shared variables other CPUs update too: an exclusive-load/store loop.
+	.macro	atomic_orr sym, val, t1, t2, t3	// *(u64 *)sym |= val; t2 = the new value
+	adr	\t1, \sym
+99:	ldaxr	\t2, [\t1]
+	orr	\t2, \t2, \val
+	stlxr	\t3, \t2, [\t1]
+	cbnz	\t3, 99b
+	.endm
+
+	.macro	atomic_add sym, val, t1, t2, t3	// *(u64 *)sym += val
+	adr	\t1, \sym
+98:	ldaxr	\t2, [\t1]
+	add	\t2, \t2, \val
+	stlxr	\t3, \t2, [\t1]
+	cbnz	\t3, 98b
+	.endm
+
 	.macro	sdei_fid reg, fn	// an SDEI function ID, 0xC40000xx
 	movz	\reg, #0xC400, lsl #16
 	movk	\reg, #\fn
@@ -196,12 +259,12 @@
 	.endm
 
 // kernel_entry_el0: save the interrupted task's whole user context into its
-// task struct (tpidr_el1 points at it).  We arrive at EL1h on the kernel
-// stack, which is empty while a task runs; two slots of it lend us x0/x1.
-// Afterwards every general register is free for the kernel.
+// task struct (this CPU's cur_task_ptr points at it).  We arrive at EL1h on
+// this CPU's kernel stack, which is empty while a task runs; two slots of it
+// lend us x0/x1.  Afterwards every general register is free for the kernel.
 	.macro	kernel_entry_el0
 	stp	x0, x1, [sp, #-16]!
-	mrs	x0, tpidr_el1
+	ldr_p	x0, cur_task_ptr
 	stp	x2, x3, [x0, #16]
 	stp	x4, x5, [x0, #32]
 	stp	x6, x7, [x0, #48]
@@ -270,46 +333,157 @@ vectors:
 // ================================================================ boot
 
 _start:
-	// We come in at EL1h with DAIF masked and SP at the top of RAM.  Move to
-	// our own kernel stack so nothing outside the image is touched.
-	adr	x0, kstack_top
+	// We come in at EL1h with DAIF masked and SP at the top of RAM.  Point
+	// TPIDR_EL1 at CPU 0's per-CPU block and move to its kernel stack so
+	// nothing outside the image is touched.
+	adr	x0, percpu0
+	msr	tpidr_el1, x0
+	adr_p	x0, kstack_top
 	mov	sp, x0
 	adr	x0, vectors
 	msr	vbar_el1, x0
 	isb
-
-	// Reset the state a previous boot of this image may have left.
-	mov	x0, #-1
-	str_l	x0, current_task, x1
-	str_l	x0, rr_cursor, x1
-	str_l	x0, wake_next, x1
-	str_l	x0, apf_sdei_event, x1
-	str_l	x0, apf_irq, x1
-	str_l	x0, apf_np_irq, x1
-	str_l	x0, sdei_event, x1
-	str_l	xzr, apf_usable, x1
+	mov	x0, #0
+	bl	percpu_reset
 
 	// The workload buffers must lie above the image (they are evicted
-	// independently of it).
+	// independently of it), and the per-CPU blocks must be the size that
+	// build_source laid out for the further CPUs.
 	adr	x0, kernel_end
 	ldr_l	x1, config_buf_base
 	cmp	x0, x1
-	b.ls	boot_image_ok
+	b.hi	boot_image_bad
+	adr	x0, percpu0
+	adr	x1, percpu0_end
+	sub	x1, x1, x0
+	cmp	x1, #PERCPU_SIZE
+	b.eq	boot_image_ok
+boot_image_bad:
 	mov	x0, #PANIC_IMAGE
 	mov	x1, #-1
 	b	panic
 boot_image_ok:
+	bl	tasks_init
+	bl	smp_boot_secondaries
+	b	cpu_start
 
+// A secondary CPU, started by smp_boot_secondaries with PSCI CPU_ON: x0 =
+// the context id (its CPU number).  It finds its per-CPU block from its own
+// MPIDR_EL1.Aff0, as Linux's secondaries find their per-cpu offset.
+secondary_entry:
+	mrs	x1, mpidr_el1
+	and	x1, x1, #0xff
+	cmp	x1, x0
+	b.ne	secondary_bad			// PSCI must start the CPU we asked for
+	sub	x2, x1, #1
+	mov	x3, #PERCPU_SIZE
+	adr	x4, percpu_more
+	madd	x2, x2, x3, x4
+	msr	tpidr_el1, x2
+	adr_p	x2, kstack_top
+	mov	sp, x2
+	adr	x2, vectors
+	msr	vbar_el1, x2
+	isb
+	bl	percpu_reset
+	b	cpu_start
+secondary_bad:
+	mov	x0, #PANIC_SMP_BOOT
+	mov	x1, #-1
+	b	panic
+
+// What every CPU does for itself (per-CPU services of the host): its GIC
+// CPU interface, the APF and SDEI clients (its own shared block, event and
+// page-ready PPI), the paravirtual lock state, its own timer tick.
+cpu_start:
 	bl	gic_cpu_init
 	bl	apf_discover
 	bl	sdei_probe
 	bl	apf_enable
-	bl	tasks_init
+	bl	pvlock_init
 	bl	timer_init
-
+	ldr_p	x0, cpu_id
+	mov	x1, #1
+	lsl	x1, x1, x0
+	atomic_orr cpus_online, x1, x2, x3, w4
+	ldr_p	x0, cpu_id
+	cbnz	x0, cpu_start_schedule
 	mrs	x0, cntvct_el0
 	str_l	x0, boot_ns, x1
+cpu_start_schedule:
 	b	schedule
+
+// percpu_reset: x0 = this CPU's number.  Reset this CPU's variables (a
+// previous boot of the image, or the zeroed copies of further CPUs).
+percpu_reset:
+	str_p	x0, cpu_id, x1
+	mov	x0, #-1
+	str_p	x0, current_task, x1
+	str_p	x0, rr_cursor, x1
+	str_p	x0, wake_next, x1
+	str_p	x0, apf_sdei_event, x1
+	str_p	x0, apf_irq, x1
+	str_p	x0, apf_np_irq, x1
+	str_p	x0, sdei_event, x1
+	str_p	xzr, apf_usable, x1
+	ret
+
+// CPU 0 starts CPUs 1 .. config_nr_cpus - 1 with PSCI CPU_ON (x1 = target
+// MPIDR, Aff0 = the CPU number; x2 = entry; x3 = context id, handed to the
+// secondary in x0).  The result lands in cpu_on_ret[cpu]; anything but
+// SUCCESS (0) panics.
+smp_boot_secondaries:
+	ldr_l	x19, config_nr_cpus
+	mov	x20, #1
+smp_boot_next:
+	cmp	x20, x19
+	b.hs	smp_boot_done
+	movz	x0, #PSCI_CPU_ON_64_HI, lsl #16
+	movk	x0, #PSCI_CPU_ON_64_LO
+	mov	x1, x20
+	adr	x2, secondary_entry
+	mov	x3, x20
+	hvc	#0
+	adr	x1, cpu_on_ret
+	str	x0, [x1, x20, lsl #3]
+	cbnz	x0, smp_boot_failed
+	add	x20, x20, #1
+	b	smp_boot_next
+smp_boot_done:
+	ret
+smp_boot_failed:
+	mov	x0, #PANIC_SMP_BOOT
+	mov	x1, x20
+	b	panic
+
+// The paravirtual lock service: does the host publish "is this vCPU
+// preempted"?  PV_LOCK_FEATURES(PV_LOCK_PREEMPTED) must say SUCCESS (0);
+// then PV_LOCK_PREEMPTED gives this vCPU's pvlock_vcpu_state, recorded in
+// pvlock_state[cpu] for the other CPUs' lock waiters (-1: none, or
+// config_pv_lock is 0).
+pvlock_init:
+	ldr_p	x9, cpu_id
+	adr	x10, pvlock_state
+	mov	x0, #-1
+	str	x0, [x10, x9, lsl #3]
+	ldr_l	x0, config_pv_lock
+	cbz	x0, pvlock_init_out
+	movz	x0, #PV_LOCK_HI, lsl #16
+	movk	x0, #PV_LOCK_FEATURES
+	movz	x1, #PV_LOCK_HI, lsl #16
+	movk	x1, #PV_LOCK_PREEMPTED
+	hvc	#0
+	str_p	x0, pv_features_ret, x11
+	cbnz	x0, pvlock_init_out
+	movz	x0, #PV_LOCK_HI, lsl #16
+	movk	x0, #PV_LOCK_PREEMPTED
+	hvc	#0
+	tbnz	x0, #63, pvlock_init_out	// NOT_SUPPORTED
+	ldr_p	x9, cpu_id
+	adr	x10, pvlock_state
+	str	x0, [x10, x9, lsl #3]
+pvlock_init_out:
+	ret
 
 // GICv3 CPU interface: let every priority through and enable group 1.
 gic_cpu_init:
@@ -347,6 +521,13 @@ tasks_init:
 	csel	x19, x0, x19, hi
 	str_l	x19, config_nr_tasks, x0	// clamp in place
 	str_l	xzr, exited_mask, x0
+	str_l	xzr, cpus_online, x0
+	str_l	xzr, klock_next, x0		// the kernel lock: free, nobody waits
+	str_l	xzr, klock_owner, x0
+	str_l	xzr, lock_counter, x0
+	str_l	xzr, lock_waiters, x0
+	mov	x0, #-1
+	str_l	x0, klock_holder, x1
 	mov	x20, #0				// i
 	adr	x21, task_table
 	adr	x22, tasks
@@ -376,6 +557,10 @@ tasks_init_clear:
 	str	x4, [x26, #T_SP]
 	mov	x0, #TS_RUNNABLE
 	str	x0, [x24, x20, lsl #3]
+	adr	x6, config_task_cpu		// its run queue: the CPU build_source gave it
+	ldr	x6, [x6, x20, lsl #3]
+	adr	x7, task_cpu
+	str	x6, [x7, x20, lsl #3]
 	add	x20, x20, #1
 	b	tasks_init_loop
 tasks_init_done:
@@ -394,31 +579,31 @@ tasks_init_done:
 // unmask) runs.
 
 	.macro	sdei_step step		// x0 = result of the call just made
-	adr	x9, sdei_results
+	adr_p	x9, sdei_results
 	str	x0, [x9, #(\step * 8)]
 	tbnz	x0, #63, sdei_probe_fail	// negative: an SDEI error code
-	ldr_l	x10, sdei_probe_done
+	ldr_p	x10, sdei_probe_done
 	orr	x10, x10, #(1 << \step)
-	str_l	x10, sdei_probe_done, x9
+	str_p	x10, sdei_probe_done, x9
 	.endm
 
 sdei_probe:
-	str_l	xzr, sdei_probe_done, x9
+	str_p	xzr, sdei_probe_done, x9
 	ldr_l	x0, config_sdei_enable
 	cbz	x0, sdei_probe_out
 
 	sdei_fid x0, SDEI_VERSION
 	hvc	#0
-	str_l	x0, sdei_version, x9
-	adr	x9, sdei_results
+	str_p	x0, sdei_version, x9
+	adr_p	x9, sdei_results
 	str	x0, [x9, #(SDEI_STEP_VERSION * 8)]
 	tbnz	x0, #63, sdei_probe_fail
 	ubfx	x1, x0, #48, #15		// major version
 	cmp	x1, #1
 	b.ne	sdei_probe_fail
-	ldr_l	x10, sdei_probe_done
+	ldr_p	x10, sdei_probe_done
 	orr	x10, x10, #(1 << SDEI_STEP_VERSION)
-	str_l	x10, sdei_probe_done, x9
+	str_p	x10, sdei_probe_done, x9
 
 	sdei_fid x0, SDEI_PRIVATE_RESET
 	hvc	#0
@@ -428,7 +613,7 @@ sdei_probe:
 	hvc	#0
 	sdei_step SDEI_STEP_SHARED_RESET
 
-	ldr_l	x19, apf_sdei_event
+	ldr_p	x19, apf_sdei_event
 	tbnz	x19, #63, sdei_probe_unmask	// no APF: nothing to register
 
 	sdei_fid x0, SDEI_EVENT_GET_INFO
@@ -448,12 +633,12 @@ sdei_probe:
 	sdei_fid x0, SDEI_EVENT_REGISTER
 	mov	x1, x19
 	adr	x2, sdei_apf_entry
-	adr	x3, apf_data
+	adr_p	x3, apf_data
 	mov	x4, #0				// RM_ANY, absolute entry address
 	mov	x5, #0
 	hvc	#0
 	sdei_step SDEI_STEP_REGISTER
-	str_l	x19, sdei_event, x9
+	str_p	x19, sdei_event, x9
 
 	sdei_fid x0, SDEI_EVENT_ENABLE
 	mov	x1, x19
@@ -481,7 +666,7 @@ sdei_probe_fail:
 apf_discover:
 	kvm_fid	x0, KVM_FEATURES
 	hvc	#0
-	str_l	x0, apf_features, x9
+	str_p	x0, apf_features, x9
 	tbnz	x0, #63, apf_discover_out	// NOT_SUPPORTED
 	tbz	x0, #KVM_FEATURE_ASYNC_PF_BIT, apf_discover_out
 	ldr_l	x1, config_apf_enable
@@ -490,20 +675,20 @@ apf_discover:
 	kvm_fid	x0, KVM_ASYNC_PF
 	mov	x1, #ASYNC_PF_VERSION
 	hvc	#0
-	str_l	x0, apf_version, x9
+	str_p	x0, apf_version, x9
 	tbnz	x0, #63, apf_discover_out
 
 	kvm_fid	x0, KVM_ASYNC_PF
 	mov	x1, #ASYNC_PF_SLOTS
 	hvc	#0
-	str_l	x0, apf_slots, x9
+	str_p	x0, apf_slots, x9
 	tbnz	x0, #63, apf_discover_out
 
 	kvm_fid	x0, KVM_ASYNC_PF
 	mov	x1, #ASYNC_PF_IRQ
 	hvc	#0
 	tbnz	x0, #63, apf_discover_out
-	str_l	x0, apf_irq, x9
+	str_p	x0, apf_irq, x9
 
 	ldr_l	x1, config_apf_delivery
 	cmp	x1, #APF_DELIVERY_IRQ
@@ -516,17 +701,17 @@ apf_discover:
 	mov	x1, #ASYNC_PF_SDEI
 	hvc	#0
 	tbnz	x0, #63, apf_discover_out
-	str_l	x0, apf_sdei_event, x9
+	str_p	x0, apf_sdei_event, x9
 	b	apf_discover_usable
 apf_discover_np_irq:
 	kvm_fid	x0, KVM_ASYNC_PF
 	mov	x1, #ASYNC_PF_NP_IRQ
 	hvc	#0
 	tbnz	x0, #63, apf_discover_out
-	str_l	x0, apf_np_irq, x9
+	str_p	x0, apf_np_irq, x9
 apf_discover_usable:
 	mov	x0, #1
-	str_l	x0, apf_usable, x9
+	str_p	x0, apf_usable, x9
 apf_discover_out:
 	ret
 
@@ -534,18 +719,18 @@ apf_discover_out:
 // of (gpa | ENABLED).  Only after the SDEI event is registered and enabled
 // (the host refuses it before, and we could not take the notifications).
 apf_enable:
-	str_l	xzr, apf_enabled, x9
-	ldr_l	x0, apf_usable
+	str_p	xzr, apf_enabled, x9
+	ldr_p	x0, apf_usable
 	cbz	x0, apf_enable_out
 	ldr_l	x5, config_apf_delivery
 	cbnz	x5, apf_enable_go		// irq, abort: no SDEI needed
-	ldr_l	x0, sdei_probe_done
+	ldr_p	x0, sdei_probe_done
 	mov	x1, #((1 << SDEI_STEP_REGISTER) | (1 << SDEI_STEP_ENABLE) | (1 << SDEI_STEP_UNMASK))
 	and	x2, x0, x1
 	cmp	x2, x1
 	b.ne	apf_enable_out
 apf_enable_go:
-	adr	x4, apf_data
+	adr_p	x4, apf_data
 	str	xzr, [x4, #APF_REASON]
 	orr	x4, x4, #ASYNC_PF_EN_ENABLED
 	orr	x4, x4, x5, lsl #2			// ASYNC_PF_EN_DELIVERY_SHIFT
@@ -558,10 +743,10 @@ apf_enable_call:
 	mov	w2, w4				// low 32 bits
 	lsr	x3, x4, #32			// high 32 bits
 	hvc	#0
-	str_l	x0, apf_enable_ret, x9
+	str_p	x0, apf_enable_ret, x9
 	cbnz	x0, apf_enable_out
 	mov	x0, #1
-	str_l	x0, apf_enabled, x9
+	str_p	x0, apf_enabled, x9
 apf_enable_out:
 	ret
 // DESIGN-END apf
@@ -569,30 +754,31 @@ apf_enable_out:
 // ================================================================ scheduler
 //
 // schedule: pick the next runnable task after the one that ran last (round
-// robin) and return to it; with none runnable, idle.  Entered with IRQs
+// robin) among this CPU's tasks (task_cpu[i] == cpu_id: a run queue per
+// CPU) and return to it; with none runnable, idle.  Entered with IRQs
 // masked and the user context of the previous task already saved, so it
 // starts over on an empty kernel stack and never returns.
 
 schedule:
-	adr	x0, kstack_top
+	adr_p	x0, kstack_top
 	mov	sp, x0
-	str_l	xzr, need_resched, x0
+	str_p	xzr, need_resched, x0
 	ldr_l	x1, config_nr_tasks
 	cbz	x1, kernel_stop_all
 	adr	x4, task_state
 	// Wake-up preemption (Linux: check_preempt_wakeup picks the task that
 	// slept over the one that kept the CPU): a task woken by "page ready"
 	// runs first, not after a round-robin turn of the others.
-	ldr_l	x2, wake_next
+	ldr_p	x2, wake_next
 	mov	x5, #-1
-	str_l	x5, wake_next, x6
+	str_p	x5, wake_next, x6
 	tbnz	x2, #63, schedule_rr
 	ldr	x5, [x4, x2, lsl #3]
 	cmp	x5, #TS_RUNNABLE
 	b.ne	schedule_rr
 	// The round robin is not disturbed: a preempted task that can still run
 	// gets the CPU back next (rr_cursor = it - 1); otherwise it goes on as before.
-	ldr_l	x6, current_task
+	ldr_p	x6, current_task
 	tbnz	x6, #63, schedule_switch
 	cmp	x6, x2
 	b.eq	schedule_switch
@@ -600,50 +786,56 @@ schedule:
 	cmp	x5, #TS_RUNNABLE
 	b.ne	schedule_switch
 	sub	x6, x6, #1
-	str_l	x6, rr_cursor, x7
+	str_p	x6, rr_cursor, x7
 	b	schedule_switch
 schedule_rr:
-	ldr_l	x2, rr_cursor			// last task that ran (-1 at boot)
+	ldr_p	x2, rr_cursor			// last task that ran (-1 at boot)
 	mov	x3, x1				// candidates left
+	ldr_p	x9, cpu_id
+	adr	x10, task_cpu
 schedule_next:
 	add	x2, x2, #1
 	cmp	x2, x1
 	csel	x2, xzr, x2, hs			// wrap around
 	ldr	x5, [x4, x2, lsl #3]
 	cmp	x5, #TS_RUNNABLE
-	b.eq	schedule_found
+	b.ne	schedule_skip
+	ldr	x5, [x10, x2, lsl #3]
+	cmp	x5, x9
+	b.eq	schedule_found			// runnable and on this CPU's run queue
+schedule_skip:
 	subs	x3, x3, #1
 	b.ne	schedule_next
 	b	idle
 
 schedule_found:
 	// x2 = next task in round-robin order
-	str_l	x2, rr_cursor, x7
+	str_p	x2, rr_cursor, x7
 schedule_switch:
-	ldr_l	x6, current_task
+	ldr_p	x6, current_task
 	cmp	x6, x2
 	b.eq	schedule_same
-	inc_l	ctx_switches, x7, x8
+	inc_p	ctx_switches, x7, x8
 	inc_task task_switches, x2, x7, x8
 	mov	x0, x2
 	bl	sched_log_add
 schedule_same:
-	str_l	x2, current_task, x7
+	str_p	x2, current_task, x7
 	adr	x7, tasks
 	mov	x8, #T_SIZE
 	madd	x0, x2, x8, x7
-	msr	tpidr_el1, x0
+	str_p	x0, cur_task_ptr, x8
 	b	ret_to_user
 
 // Append x0 (a task index, 0xff for idle) to the switch log; clobbers x7, x8.
 sched_log_add:
-	adr	x7, sched_log_len
+	adr_p	x7, sched_log_len
 	ldr	x8, [x7]
 	cmp	x8, #SCHED_LOG_LEN
 	b.hs	sched_log_full
 	add	x8, x8, #1
 	str	x8, [x7]
-	adr	x7, sched_log
+	adr_p	x7, sched_log
 	add	x7, x7, x8
 	sturb	w0, [x7, #-1]
 	ret
@@ -653,7 +845,7 @@ sched_log_full:
 // ret_to_user: x0 = task struct.  Restore the user context and eret.  The
 // kernel stack is reset so that the next exception finds it empty.
 ret_to_user:
-	adr	x1, kstack_top
+	adr_p	x1, kstack_top
 	mov	sp, x1
 	ldr	x1, [x0, #T_SP]
 	msr	sp_el0, x1
@@ -683,28 +875,28 @@ ret_to_user:
 // for, or the current task may not run any more (parked by APF, asleep,
 // exited), call the scheduler; otherwise resume the same task.
 ret_to_user_or_schedule:
-	ldr_l	x0, need_resched
+	ldr_p	x0, need_resched
 	cbnz	x0, schedule
-	ldr_l	x1, current_task
+	ldr_p	x1, current_task
 	adr	x2, task_state
 	ldr	x3, [x2, x1, lsl #3]
 	cmp	x3, #TS_RUNNABLE
 	b.ne	schedule
-	mrs	x0, tpidr_el1
+	ldr_p	x0, cur_task_ptr
 	b	ret_to_user
 
 // idle: nothing is runnable.  Wait for an interrupt with IRQs unmasked; the
 // IRQ is taken at VBAR+0x280 (el1_irq), which handles it and calls
 // schedule: the interrupted idle loop is simply abandoned.
 idle:
-	ldr_l	x0, current_task
+	ldr_p	x0, current_task
 	tbnz	x0, #63, idle_counted
 	mov	x0, #0xff
 	bl	sched_log_add
 idle_counted:
 	mov	x0, #-1
-	str_l	x0, current_task, x1
-	inc_l	idle_entries, x0, x1
+	str_p	x0, current_task, x1
+	inc_p	idle_entries, x0, x1
 idle_wait:
 	msr	daifclr, #2
 	wfi
@@ -723,8 +915,8 @@ el0_sync:
 
 	// x19 = current task index, x20 = its struct, x0 = first argument.
 	// x8 still holds the syscall number (the entry only used x0-x3).
-	ldr_l	x19, current_task
-	mrs	x20, tpidr_el1
+	ldr_p	x19, current_task
+	ldr_p	x20, cur_task_ptr
 	ldr	x0, [x20, #T_X0]
 	inc_task task_syscalls, x19, x1, x2
 	cmp	x8, #SYS_YIELD
@@ -743,6 +935,8 @@ el0_sync:
 	b.eq	sys_peek
 	cmp	x8, #SYS_ALLOC_PAGE
 	b.eq	sys_alloc_page
+	cmp	x8, #SYS_LOCKED_TOUCH
+	b.eq	sys_locked_touch
 	mov	x0, #ENOSYS
 	b	syscall_return
 
@@ -754,7 +948,7 @@ syscall_return:
 // yield(): let the next runnable task run (this one stays runnable).
 sys_yield:
 	mov	x0, #1
-	str_l	x0, need_resched, x1
+	str_p	x0, need_resched, x1
 	mov	x0, #0
 	b	syscall_return
 
@@ -764,9 +958,7 @@ sys_work_add:
 	ldr	x2, [x1, x19, lsl #3]
 	add	x2, x2, x0
 	str	x2, [x1, x19, lsl #3]
-	ldr_l	x3, total_work
-	add	x3, x3, x0
-	str_l	x3, total_work, x1
+	atomic_add total_work, x0, x1, x3, w4	// every CPU adds to it
 	mov	x0, #0
 	b	syscall_return
 
@@ -822,6 +1014,211 @@ sys_peek_fault:
 	mov	x0, #EFAULT
 	b	syscall_return
 
+// locked_touch(addr, work, flags): take the kernel lock, read the u64 at
+// addr (0: touch nothing) while holding it, add 1 to lock_counter with a
+// plain load ... store `work` loop iterations apart, release; -> the value
+// read.  The read is a kernel-mode access with IRQs masked and the lock
+// held: when the page is in swap no delivery design can make that fault
+// asynchronous, so the vCPU stalls and the other CPUs wait for the lock.
+// flags bit 0 (LT_NOLOCK): skip the lock, the racy control of the tests.
+// -14 (EFAULT) unless addr is 0 or 8-aligned inside the workload buffers.
+sys_locked_touch:
+	mov	x21, x0				// addr
+	ldp	x22, x23, [x20, #8]		// work, flags (the task's x1, x2)
+	cbz	x21, sys_locked_touch_go
+	ldr_l	x1, config_buf_base
+	cmp	x21, x1
+	b.lo	sys_peek_fault
+	tst	x21, #7
+	b.ne	sys_peek_fault
+	ldr_l	x1, config_ram_end
+	sub	x1, x1, #8
+	cmp	x21, x1
+	b.hi	sys_peek_fault
+sys_locked_touch_go:
+	tbnz	x23, #0, sys_locked_touch_held	// LT_NOLOCK
+	bl	klock_acquire
+	cbnz	x0, sys_locked_touch_blocked
+sys_locked_touch_held:
+	mov	x24, #0
+	cbz	x21, sys_locked_touch_count
+	ldr	x24, [x21]			// may fault in kernel mode, lock held
+sys_locked_touch_count:
+	adr	x25, lock_counter
+	ldr	x26, [x25]
+	mov	x9, x22
+sys_locked_touch_work:
+	cbz	x9, sys_locked_touch_store
+	sub	x9, x9, #1
+	b	sys_locked_touch_work
+sys_locked_touch_store:
+	add	x26, x26, #1
+	str	x26, [x25]
+	tbnz	x23, #0, sys_locked_touch_out
+	bl	klock_release
+sys_locked_touch_out:
+	mov	x0, x24
+	b	syscall_return
+sys_locked_touch_blocked:
+	// The task sleeps on the lock (pv_lock).  It restarts the svc when it
+	// runs again: ELR back by one instruction, arguments untouched.
+	ldr	x0, [x20, #T_ELR]
+	sub	x0, x0, #4
+	str	x0, [x20, #T_ELR]
+	b	ret_to_user_or_schedule
+
+// ---------------------------------------------------------------- the kernel lock
+//
+// klock_acquire: a ticket spinlock (arm64's pre-qspinlock arch_spin_lock in
+// miniature): take a ticket with an exclusive fetch-and-add on klock_next,
+// wait until klock_owner reaches it.  The wait is a plain LDAR loop (no WFE:
+// a halted vCPU would need an event to wake it).  Lock statistics: the
+// CNTVCT time from asking to getting (spin_ns) and the wait-loop iterations.
+//
+// With config_pv_lock the waiter does not queue: it tries the lock (ticket
+// trylock: take a ticket only when next == owner) and, while it is held,
+// spins only as long as the holder's vCPU runs -- the "vcpu_is_preempted"
+// check of Linux's spin-on-owner loops (mutex_spin_on_owner,
+// osq_lock).  When the host says the holder's vCPU is preempted
+// (pvlock_state[holder]->preempted != 0) the waiter blocks its task on the
+// lock (TS_LOCK_WAIT, bit in lock_waiters) and the CPU runs another task;
+// the unlocker wakes it with an IPI.
+//
+// Called from a syscall (x19 = task, IRQs masked).  Returns x0 = 0 with the
+// lock held, 1 when the task blocked.  Clobbers x0-x15.
+klock_acquire:
+	mrs	x10, cntvct_el0			// when we asked
+	mov	x11, #0				// wait-loop iterations
+	ldr_l	x12, config_pv_lock
+	cbnz	x12, klock_pv
+	adr	x13, klock_next
+klock_ticket:
+	ldaxr	x14, [x13]			// my ticket = next++
+	add	x15, x14, #1
+	stlxr	w9, x15, [x13]
+	cbnz	w9, klock_ticket
+	adr	x13, klock_owner
+klock_wait:
+	ldar	x15, [x13]
+	cmp	x15, x14
+	b.eq	klock_got
+	add	x11, x11, #1
+	b	klock_wait
+
+klock_pv:
+	adr	x13, klock_next
+	adr	x14, klock_owner
+klock_pv_try:
+	ldaxr	x15, [x13]
+	ldar	x12, [x14]
+	cmp	x15, x12
+	b.ne	klock_pv_held
+	add	x15, x15, #1
+	stlxr	w9, x15, [x13]
+	cbnz	w9, klock_pv_try
+	b	klock_got
+klock_pv_held:
+	clrex
+	add	x11, x11, #1
+	ldr_l	x12, klock_holder
+	tbnz	x12, #63, klock_pv_try		// not recorded yet: keep spinning
+	adr	x15, pvlock_state
+	ldr	x15, [x15, x12, lsl #3]
+	tbnz	x15, #63, klock_pv_try		// the host publishes nothing for it
+	ldr	x15, [x15, #PV_PREEMPTED]
+	cbz	x15, klock_pv_try		// the holder runs: it will release soon
+	b	klock_block
+
+klock_got:
+	ldr_p	x9, cpu_id
+	str_l	x9, klock_holder, x12
+	inc_p	lock_acquired, x12, x13
+	cbz	x11, klock_got_out
+	inc_p	lock_contended, x12, x13
+	add_p	spin_loops, x11, x12, x13
+	mrs	x9, cntvct_el0
+	sub	x9, x9, x10
+	add_p	spin_ns, x9, x12, x13
+klock_got_out:
+	mov	x0, #0
+	ret
+
+klock_block:
+	mrs	x9, cntvct_el0
+	sub	x9, x9, x10
+	add_p	spin_ns, x9, x12, x13
+	add_p	spin_loops, x11, x12, x13
+	inc_p	lock_blocked, x12, x13
+	inc_task task_lock_blocks, x19, x12, x13
+	mov	x9, #TS_LOCK_WAIT		// 1. the task's state, then
+	adr	x12, task_state
+	str	x9, [x12, x19, lsl #3]
+	dmb	ish
+	mov	x9, #1				// 2. its bit in lock_waiters
+	lsl	x9, x9, x19
+	atomic_orr lock_waiters, x9, x12, x13, w14
+	dmb	ish
+	// 3. The holder may have released (and emptied lock_waiters) before our
+	// bit was there: look at the lock again, or the wake-up would be lost.
+	adr	x12, klock_next
+	ldar	x13, [x12]
+	adr	x12, klock_owner
+	ldar	x14, [x12]
+	cmp	x13, x14
+	b.ne	klock_block_out
+	mov	x9, #TS_RUNNABLE		// free now: retry at once
+	adr	x12, task_state
+	str	x9, [x12, x19, lsl #3]
+klock_block_out:
+	mov	x0, #1
+	ret
+
+// klock_release: the holder gives the lock to the next ticket.  With
+// config_pv_lock it then wakes every task blocked on the lock: runnable
+// again, and a reschedule IPI (SGI 0) to its CPU when that is another one.
+// Clobbers x0-x15.
+klock_release:
+	mov	x9, #-1
+	str_l	x9, klock_holder, x10
+	adr	x10, klock_owner
+	ldr	x11, [x10]
+	add	x11, x11, #1
+	stlr	x11, [x10]
+	ldr_l	x12, config_pv_lock
+	cbz	x12, klock_release_out
+	adr	x10, lock_waiters
+klock_release_swap:
+	ldaxr	x11, [x10]			// take every waiter's bit
+	stlxr	w12, xzr, [x10]
+	cbnz	w12, klock_release_swap
+	cbz	x11, klock_release_out
+	ldr_p	x3, cpu_id
+	adr	x4, task_state
+	adr	x5, task_cpu
+	mov	x13, #0
+klock_release_wake:
+	lsr	x14, x11, x13
+	tbz	x14, #0, klock_release_next
+	ldr	x9, [x4, x13, lsl #3]
+	cmp	x9, #TS_LOCK_WAIT
+	b.ne	klock_release_next		// woke itself already
+	mov	x9, #TS_RUNNABLE
+	str	x9, [x4, x13, lsl #3]
+	inc_p	lock_wakeups, x6, x7
+	ldr	x9, [x5, x13, lsl #3]
+	cmp	x9, x3
+	b.eq	klock_release_next		// ours: the scheduler finds it
+	mov	x6, #1				// ICC_SGI1R_EL1: SGI 0, target list {cpu}
+	lsl	x6, x6, x9
+	msr	s3_0_c12_c11_5, x6
+	inc_p	ipi_sent, x6, x7
+klock_release_next:
+	add	x13, x13, #1
+	cmp	x13, #TASK_MAX
+	b.lo	klock_release_wake
+klock_release_out:
+	ret
+
 // sleep(ns): sleep at least ns; woken by the first tick after the deadline.
 // Returns -1 without sleeping when there is no tick.
 sys_sleep:
@@ -840,8 +1237,8 @@ sys_sleep_notick:
 	mov	x0, #-1
 	b	syscall_return
 
-// exit(code): the task is done.  Stop the machine (brk #0) when every task
-// has exited, or every task of config_stop_mask has.
+// exit(code): the task is done.  Stop the machine (brk #0 on CPU 0) when
+// every task on every CPU has exited, or every task of config_stop_mask has.
 sys_exit:
 	adr	x1, task_exit_code
 	str	x0, [x1, x19, lsl #3]
@@ -851,11 +1248,9 @@ sys_exit:
 	mrs	x2, cntvct_el0
 	adr	x1, task_exit_ns
 	str	x2, [x1, x19, lsl #3]
-	ldr_l	x3, exited_mask
 	mov	x4, #1
 	lsl	x4, x4, x19
-	orr	x3, x3, x4
-	str_l	x3, exited_mask, x1
+	atomic_orr exited_mask, x4, x1, x3, w9	// x3 = the mask with this task in it
 	// all = (1 << nr_tasks) - 1
 	ldr_l	x5, config_nr_tasks
 	mov	x6, #1
@@ -903,7 +1298,7 @@ el1_sync:
 	ldr_l	x0, config_apf_delivery
 	cmp	x0, #APF_DELIVERY_ABORT
 	b.ne	el1_sync_bad
-	adr	x0, apf_data
+	adr_p	x0, apf_data
 	ldr	w1, [x0, #APF_REASON]
 	cmp	w1, #APF_PAGE_NOT_PRESENT
 	b.ne	el1_sync_bad
@@ -913,11 +1308,11 @@ el1_sync:
 	stp	x13, x6, [sp, #-16]!
 	ldr	w6, [x0, #APF_TOKEN]
 	bl	apf_np_ignore
-	adr	x0, apf_data
+	adr_p	x0, apf_data
 	str	wzr, [x0, #APF_TOKEN]
 	str	wzr, [x0, #APF_REASON]
-	inc_l	apf_not_present, x0, x1
-	inc_l	apf_not_parked, x0, x1
+	inc_p	apf_not_present, x0, x1
+	inc_p	apf_not_parked, x0, x1
 	ldp	x13, x6, [sp], #16
 	ldp	x11, x12, [sp], #16
 	ldp	x9, x10, [sp], #16
@@ -944,9 +1339,9 @@ el0_irq:
 
 // IRQ at EL1: legal only in the idle loop, whose context we drop.
 el1_irq:
-	ldr_l	x0, current_task
+	ldr_p	x0, current_task
 	tbz	x0, #63, el1_irq_bad
-	adr	x0, kstack_top
+	adr_p	x0, kstack_top
 	mov	sp, x0
 	bl	handle_irq
 	b	schedule
@@ -965,7 +1360,7 @@ el1_irq_bad:
 // May clobber every register but the stack frame it keeps.
 handle_irq:
 	stp	x29, x30, [sp, #-16]!
-	inc_l	irq_entries, x0, x1
+	inc_p	irq_entries, x0, x1
 	mrs	x19, s3_0_c12_c12_0		// ICC_IAR1_EL1: acknowledge
 	cmp	x19, #INTID_SPURIOUS
 	b.eq	handle_irq_spurious
@@ -976,26 +1371,32 @@ handle_irq:
 handle_irq_not_timer:
 	cmp	x19, #INTID_IPI_RESCHEDULE
 	b.ne	handle_irq_not_ipi
-	inc_l	irq_resched, x0, x1		// the SDEI handler's reschedule IPI
+	inc_p	irq_resched, x0, x1		// the SDEI handler's, or another CPU's wake-up
 	mov	x0, #1
-	str_l	x0, need_resched, x1
+	str_p	x0, need_resched, x1
 	b	handle_irq_eoi
 handle_irq_not_ipi:
-	ldr_l	x0, apf_irq
+	cmp	x19, #INTID_IPI_STOP
+	b.ne	handle_irq_not_stop
+	msr	s3_0_c12_c12_1, x19		// ICC_EOIR1_EL1
+	ldr_l	x0, stop_reason			// a secondary saw the end of the run
+	b	kernel_stop
+handle_irq_not_stop:
+	ldr_p	x0, apf_irq
 	cmp	x19, x0
 	b.ne	handle_irq_not_ready
 	bl	apf_page_ready			// it ends the interrupt itself (EOIR)
 	b	handle_irq_out
 handle_irq_not_ready:
 // DESIGN-BEGIN irq
-	ldr_l	x0, apf_np_irq			// "page not present" as an interrupt
+	ldr_p	x0, apf_np_irq			// "page not present" as an interrupt
 	cmp	x19, x0
 	b.ne	handle_irq_unknown
 	bl	apf_np_park			// the interrupted task is the one that faulted
 	b	handle_irq_eoi
 // DESIGN-END irq
 handle_irq_unknown:
-	inc_l	irq_unknown, x0, x1
+	inc_p	irq_unknown, x0, x1
 handle_irq_eoi:
 	msr	s3_0_c12_c12_1, x19		// ICC_EOIR1_EL1: drop priority, deactivate
 handle_irq_out:
@@ -1004,7 +1405,7 @@ handle_irq_out:
 handle_irq_spurious:
 	// Nothing to acknowledge: e.g. we came from the SDEI handler's
 	// COMPLETE_AND_RESUME.  need_resched decides what happens next.
-	inc_l	irq_spurious, x0, x1
+	inc_p	irq_spurious, x0, x1
 	ldp	x29, x30, [sp], #16
 	ret
 
@@ -1024,13 +1425,15 @@ timer_tick:
 	add	x0, x3, x2			// we fell behind (long stall): skip missed ticks
 timer_tick_arm:
 	msr	cntv_cval_el0, x0
-	inc_l	ticks, x0, x1
+	inc_p	ticks, x0, x1
 	mov	x0, #1
-	str_l	x0, need_resched, x1
-	// wake sleepers: x3 = now
+	str_p	x0, need_resched, x1
+	// wake this CPU's sleepers: x3 = now
 	ldr_l	x4, config_nr_tasks
 	adr	x5, task_state
 	adr	x6, task_wake_ns
+	ldr_p	x10, cpu_id
+	adr	x11, task_cpu
 	mov	x7, #0
 timer_tick_sleepers:
 	cmp	x7, x4
@@ -1041,6 +1444,9 @@ timer_tick_sleepers:
 	ldr	x9, [x6, x7, lsl #3]
 	cmp	x3, x9
 	b.lo	timer_tick_next
+	ldr	x9, [x11, x7, lsl #3]
+	cmp	x9, x10
+	b.ne	timer_tick_next
 	mov	x8, #TS_RUNNABLE
 	str	x8, [x5, x7, lsl #3]
 timer_tick_next:
@@ -1049,7 +1455,7 @@ timer_tick_next:
 timer_tick_done:
 	ret
 timer_tick_stale:
-	inc_l	irq_stale_timer, x0, x1
+	inc_p	irq_stale_timer, x0, x1
 	ret
 timer_tick_off:
 	msr	cntv_ctl_el0, xzr
@@ -1065,7 +1471,7 @@ timer_tick_off:
 // that kind (with that token, unless kind is FREE), or 0.  Clobbers x12, x13
 // only, so the SDEI handler may call it (it must keep x18-x30).
 apf_table_find:
-	adr	x11, apf_table
+	adr_p	x11, apf_table
 	add	x12, x11, #(APF_TABLE_ENTRIES * APF_E_SIZE)
 apf_table_find_loop:
 	ldr	w13, [x11, #APF_E_KIND]
@@ -1110,13 +1516,13 @@ apf_np_ignore_out:
 // PAGE_NOT_PRESENT.  Clobbers x0-x13.
 apf_np_park:
 	stp	x29, x30, [sp, #-16]!
-	adr	x4, apf_data
+	adr_p	x4, apf_data
 	ldr	w5, [x4, #APF_REASON]
 	cmp	w5, #APF_PAGE_NOT_PRESENT
 	b.ne	apf_np_park_bad
 	ldr	w6, [x4, #APF_TOKEN]
-	inc_l	apf_not_present, x7, x8
-	ldr_l	x7, current_task
+	inc_p	apf_not_present, x7, x8
+	ldr_p	x7, current_task
 	tbnz	x7, #63, apf_np_park_none
 	mov	w9, w6
 	mov	x10, #APF_KIND_DUMMY
@@ -1134,17 +1540,17 @@ apf_np_park:
 	str	x8, [x9, x7, lsl #3]
 	inc_task task_parked, x7, x9, x10
 	mov	x8, #1
-	str_l	x8, need_resched, x9
+	str_p	x8, need_resched, x9
 	b	apf_np_park_release
 apf_np_park_dummy:
 	str	wzr, [x11, #APF_E_KIND]		// the wake-up came first: consume it
-	inc_l	apf_dummy_hits, x9, x10
+	inc_p	apf_dummy_hits, x9, x10
 	b	apf_np_park_release
 apf_np_park_full:
-	inc_l	apf_table_full, x9, x10
+	inc_p	apf_table_full, x9, x10
 	b	apf_np_park_release
 apf_np_park_none:
-	inc_l	apf_not_parked, x9, x10
+	inc_p	apf_not_parked, x9, x10
 	bl	apf_np_ignore
 apf_np_park_release:
 	str	wzr, [x4, #APF_TOKEN]
@@ -1153,7 +1559,7 @@ apf_np_park_release:
 	ldp	x29, x30, [sp], #16
 	ret
 apf_np_park_bad:
-	inc_l	apf_bad_np, x9, x10
+	inc_p	apf_bad_np, x9, x10
 	mov	x0, #1
 	ldp	x29, x30, [sp], #16
 	ret
@@ -1184,7 +1590,7 @@ sdei_apf_entry:
 	// EVENT_CONTEXT hypercall each (one more, x4, under KPTI).
 	mov	x14, x0
 	mov	x15, x3
-	adr	x16, sdei_context
+	adr_p	x16, sdei_context
 	mov	x13, #0
 sdei_apf_context:
 	sdei_fid x0, SDEI_EVENT_CONTEXT
@@ -1196,22 +1602,22 @@ sdei_apf_context:
 	b.lo	sdei_apf_context
 	mov	x0, x14
 	mov	x3, x15
-	inc_l	sdei_dispatches, x4, x5
-	ldr_l	x4, apf_sdei_event
+	inc_p	sdei_dispatches, x4, x5
+	ldr_p	x4, apf_sdei_event
 	cmp	x0, x4
 	b.ne	sdei_apf_bad
-	adr	x4, apf_data
+	adr_p	x4, apf_data
 	ldr	w5, [x4, #APF_REASON]
 	cmp	w5, #APF_PAGE_NOT_PRESENT
 	b.ne	sdei_apf_bad
 	ldr	w6, [x4, #APF_TOKEN]
-	inc_l	apf_not_present, x7, x8
+	inc_p	apf_not_present, x7, x8
 
 	// Only a user task can be parked (without SEND_ALWAYS the host never
 	// sends one from EL1, but a kernel must not trust that blindly).
 	and	x7, x3, #0xf
 	cbnz	x7, sdei_apf_no_park
-	ldr_l	x7, current_task
+	ldr_p	x7, current_task
 	tbnz	x7, #63, sdei_apf_no_park
 
 	mov	w9, w6
@@ -1232,12 +1638,14 @@ sdei_apf_context:
 	str	x8, [x9, x7, lsl #3]
 	inc_task task_parked, x7, x9, x10
 	mov	x8, #1
-	str_l	x8, need_resched, x9
+	str_p	x8, need_resched, x9
 	// The arm64 APF client (kvm_async_pf_sdei_handler, arch/arm64/kernel/kvm.c
 	// of the series) sends this CPU a reschedule IPI: an ICC_SGI1R_EL1 write
-	// (SGI 0, target list = CPU 0), which traps to the host.  The IRQ path
-	// behind COMPLETE_AND_RESUME then acknowledges it.
+	// (SGI 0, target list = this CPU's Aff0), which traps to the host.  The
+	// IRQ path behind COMPLETE_AND_RESUME then acknowledges it.
+	ldr_p	x9, cpu_id
 	mov	x8, #1
+	lsl	x8, x8, x9
 	msr	s3_0_c12_c11_5, x8		// ICC_SGI1R_EL1
 
 	str	wzr, [x4, #APF_TOKEN]
@@ -1251,15 +1659,15 @@ sdei_apf_context:
 
 sdei_apf_dummy_hit:
 	str	wzr, [x11, #APF_E_KIND]		// the wake-up was remembered: consume it
-	inc_l	apf_dummy_hits, x9, x10
+	inc_p	apf_dummy_hits, x9, x10
 	b	sdei_apf_release
 
 sdei_apf_table_full:
-	inc_l	apf_table_full, x9, x10
+	inc_p	apf_table_full, x9, x10
 	b	sdei_apf_release
 
 sdei_apf_no_park:
-	inc_l	apf_not_parked, x9, x10
+	inc_p	apf_not_parked, x9, x10
 	bl	apf_np_ignore			// drop its "page ready" when it comes
 	// fall through: the task (or kernel) retries the access and the host
 	// takes the synchronous path for this page.
@@ -1275,7 +1683,7 @@ sdei_apf_release:
 sdei_apf_bad:
 	// Not our event, or the slot does not say "not present": leave the slot
 	// alone (it may hold a "page ready" for the IRQ path) and report failure.
-	inc_l	sdei_bad, x9, x10
+	inc_p	sdei_bad, x9, x10
 	mov	x30, x17
 	sdei_fid x0, SDEI_EVENT_COMPLETE
 	mov	x1, #SDEI_EV_FAILED
@@ -1302,12 +1710,12 @@ sdei_apf_returned:
 // STUDENT-BEGIN page_ready_irq
 apf_page_ready:
 	stp	x29, x30, [sp, #-16]!
-	adr	x20, apf_data
+	adr_p	x20, apf_data
 	ldr	w21, [x20, #APF_REASON]
 	cmp	w21, #APF_PAGE_READY
 	b.ne	apf_page_ready_bad
 	ldr	w22, [x20, #APF_TOKEN]
-	inc_l	apf_page_ready_count, x0, x1
+	inc_p	apf_page_ready_count, x0, x1
 	cmn	w22, #1
 	b.eq	apf_page_ready_all
 
@@ -1336,16 +1744,16 @@ apf_page_ready_early:
 	str	x0, [x11, #APF_E_TASK]
 	mov	w10, #APF_KIND_DUMMY
 	str	w10, [x11, #APF_E_KIND]
-	inc_l	apf_dummies, x0, x1
+	inc_p	apf_dummies, x0, x1
 	b	apf_page_ready_ack
 apf_page_ready_full:
-	inc_l	apf_table_full, x0, x1
+	inc_p	apf_table_full, x0, x1
 	b	apf_page_ready_ack
 
 apf_page_ready_all:
 	// Wake every waiter and empty the table (dummies included).
-	inc_l	apf_wake_all, x0, x1
-	adr	x23, apf_table
+	inc_p	apf_wake_all, x0, x1
+	adr_p	x23, apf_table
 	add	x24, x23, #(APF_TABLE_ENTRIES * APF_E_SIZE)
 apf_page_ready_all_loop:
 	ldr	w25, [x23, #APF_E_KIND]
@@ -1372,7 +1780,7 @@ apf_page_ready_irq_ack:
 apf_page_ready_bad:
 	// The slot does not hold a "page ready": count it, leave the slot,
 	// but still ack so that a stuck line cannot storm.
-	inc_l	apf_bad_ready, x0, x1
+	inc_p	apf_bad_ready, x0, x1
 	b	apf_page_ready_irq_ack
 // STUDENT-END page_ready_irq
 
@@ -1389,10 +1797,10 @@ apf_wake_task:
 	ldr_l	x3, config_wake_resched
 	cbz	x3, apf_wake_task_out
 	mov	x3, #1
-	str_l	x3, need_resched, x1
+	str_p	x3, need_resched, x1
 	ldr_l	x3, config_wake_preempt
 	cbz	x3, apf_wake_task_out
-	str_l	x0, wake_next, x1		// schedule picks it first
+	str_p	x0, wake_next, x1		// schedule picks it first
 apf_wake_task_out:
 	ret
 // DESIGN-END apf
@@ -1405,13 +1813,39 @@ kernel_stop_all:
 kernel_stop_mask:
 	mov	x0, #2
 kernel_stop:
+	ldr_p	x1, cpu_id
+	cbnz	x1, kernel_stop_remote
 	str_l	x0, stop_reason, x1
 	mrs	x0, cntvct_el0
 	str_l	x0, stop_ns, x1
 	msr	cntv_ctl_el0, xzr		// quiet the tick
 kernel_stopped:
+	ldr_p	x1, cpu_id
+	cbnz	x1, cpu_park
 	brk	#0				// back to Python: a clean stop
 	b	kernel_stopped
+
+// A secondary decided the run is over: record why and ask CPU 0 to stop the
+// machine (the harness stops at CPU 0's brk #0) with the stop IPI; this CPU
+// goes on with what it still has to run until then.
+kernel_stop_remote:
+	str_l	x0, stop_reason, x1
+	bl	ipi_stop_cpu0
+	b	schedule
+
+// A secondary that stopped for good (a panic): tell CPU 0, wait for ever.
+cpu_park:
+	bl	ipi_stop_cpu0
+cpu_park_wait:
+	wfi
+	b	cpu_park_wait
+
+// ICC_SGI1R_EL1 = INTID_IPI_STOP << 24 | target list {CPU 0}; clobbers x0.
+ipi_stop_cpu0:
+	movz	x0, #(INTID_IPI_STOP << 8), lsl #16
+	orr	x0, x0, #1
+	msr	s3_0_c12_c11_5, x0		// ICC_SGI1R_EL1
+	ret
 
 // An exception with no handler.  x0 = vector number (0-15).
 el_unexpected:
@@ -1436,8 +1870,10 @@ panic:
 	str_l	x2, panic_spsr, x3
 	mrs	x2, far_el1
 	str_l	x2, panic_far, x3
-	ldr_l	x2, current_task
+	ldr_p	x2, current_task
 	str_l	x2, panic_task, x3
+	ldr_p	x2, cpu_id
+	str_l	x2, panic_cpu, x3
 	brk	#0x99
 	b	kernel_stopped
 
@@ -1449,25 +1885,83 @@ task_exit_stub:
 	b	task_exit_stub
 
 // ================================================================ kernel data
-
-	.balign	64
-// struct kvm_vcpu_pv_apf_data: shared with the host, 64 bytes, 64 aligned.
-apf_data:
-	.space	64
-// token -> task table (2 x ASYNC_PF_PER_VCPU entries)
-apf_table:
-	.space	APF_TABLE_ENTRIES * APF_E_SIZE
+//
+// Shared by every CPU: the globals below, the per-task arrays (a task runs
+// on one CPU only, task_cpu[], so only that CPU writes its entries, but for
+// a cross-CPU wake-up), the task structs and stacks.  exited_mask,
+// total_work and the lock words are updated with exclusives (LDAXR/STLXR).
 
 	.balign	8
+exited_mask:		.quad	0	// bit i: task i exited
+stop_reason:		.quad	0	// 1 all tasks exited, 2 all of config_stop_mask
+boot_ns:		.quad	0	// CNTVCT when the scheduler first ran (CPU 0)
+stop_ns:		.quad	0	// CNTVCT at the final brk #0
+total_work:		.quad	0
+cpus_online:		.quad	0	// bit c: CPU c reached its scheduler
+cpu_on_ret:		.space	CPU_MAX * 8	// PSCI CPU_ON result for each secondary
+
+kernel_panic:		.quad	0	// 0 = fine, else PANIC_* reason
+panic_vector:		.quad	0
+panic_esr:		.quad	0
+panic_elr:		.quad	0
+panic_spsr:		.quad	0
+panic_far:		.quad	0
+panic_task:		.quad	0
+panic_cpu:		.quad	0
+
+// The kernel lock: a ticket spinlock (klock_next: next ticket to hand out,
+// klock_owner: the ticket being served), the CPU that holds it (-1: none),
+// the shared counter its critical section increments, the tasks blocked on
+// it (pv_lock), and each CPU's pvlock_vcpu_state address (-1: none).
+klock_next:		.quad	0
+klock_owner:		.quad	0
+klock_holder:		.quad	-1
+lock_counter:		.quad	0
+lock_waiters:		.quad	0	// bit i: task i blocked on the lock (TS_LOCK_WAIT)
+pvlock_state:		.space	CPU_MAX * 8
+
+// Per-task arrays, TASK_MAX u64 each, indexed by task number.
+task_state:		.space	TASK_MAX * 8	// TS_*
+task_cpu:		.space	TASK_MAX * 8	// the CPU whose run queue holds the task
+task_work:		.space	TASK_MAX * 8	// sum of work_add units
+task_parked:		.space	TASK_MAX * 8	// times parked by "page not present"
+task_wakeups:		.space	TASK_MAX * 8	// times woken by "page ready"
+task_switches:		.space	TASK_MAX * 8	// times switched in
+task_syscalls:		.space	TASK_MAX * 8
+task_exit_ns:		.space	TASK_MAX * 8	// CNTVCT at exit
+task_exit_code:		.space	TASK_MAX * 8
+task_wake_ns:		.space	TASK_MAX * 8	// sys_sleep deadline
+task_lock_blocks:	.space	TASK_MAX * 8	// times blocked on the lock (pv_lock)
+
+	.balign	16
+tasks:			.space	TASK_MAX * T_SIZE	// struct task[TASK_MAX]
+
+	.balign	4096
+task_stacks:		.space	TASK_MAX * TASK_STACK_SIZE
+task_stacks_end:
+
+// ---------------------------------------------------------------- per-CPU data
+//
+// CPU 0's copy of every per-CPU variable; CPU c > 0 has an identical block
+// at percpu_more + (c - 1) * PERCPU_SIZE (generated by build_source, one per
+// further CPU).  TPIDR_EL1 holds this CPU's block address, so a variable is
+// [tpidr_el1, #(name - percpu0)] (the ldr_p/str_p/inc_p/adr_p macros), as
+// Linux reaches its per-cpu areas through TPIDR_EL1.  Everything up to
+// sched_log lies in the first 4 KiB (an `add` immediate reaches it); the
+// kernel stack fills the second page.
+
+	.balign	4096
+percpu0:
+// struct kvm_vcpu_pv_apf_data: shared with the host, 64 bytes, 64 aligned,
+// one per vCPU as KVM has one per vCPU.
+apf_data:
+	.space	64
+cpu_id:			.quad	0	// MPIDR_EL1.Aff0
+cur_task_ptr:		.quad	0	// &tasks[current_task] (the saved user context)
 current_task:		.quad	-1	// running task index, -1 while idle
 need_resched:		.quad	0
 rr_cursor:		.quad	-1	// the task that ran last (round robin)
 wake_next:		.quad	-1	// woken by "page ready": runs next (wake-up preemption)
-exited_mask:		.quad	0	// bit i: task i exited
-stop_reason:		.quad	0	// 1 all tasks exited, 2 all of config_stop_mask
-boot_ns:		.quad	0	// CNTVCT when the scheduler first ran
-stop_ns:		.quad	0	// CNTVCT at the final brk #0
-total_work:		.quad	0
 ticks:			.quad	0
 ctx_switches:		.quad	0
 idle_entries:		.quad	0
@@ -1477,13 +1971,16 @@ irq_resched:		.quad	0	// reschedule IPIs (SGI 0) taken
 irq_unknown:		.quad	0
 irq_stale_timer:	.quad	0
 
-kernel_panic:		.quad	0	// 0 = fine, else PANIC_* reason
-panic_vector:		.quad	0
-panic_esr:		.quad	0
-panic_elr:		.quad	0
-panic_spsr:		.quad	0
-panic_far:		.quad	0
-panic_task:		.quad	0
+// Lock statistics of this CPU (lock_stat style: time between asking for the
+// lock and getting it, read from CNTVCT).
+lock_acquired:		.quad	0	// times this CPU took the kernel lock
+lock_contended:		.quad	0	// ... of which it had to wait
+spin_ns:		.quad	0	// virtual ns spent waiting for it
+spin_loops:		.quad	0	// iterations of the wait loops
+lock_blocked:		.quad	0	// pv_lock: times a waiter blocked its task
+lock_wakeups:		.quad	0	// pv_lock: blocked tasks this CPU's unlocks woke
+ipi_sent:		.quad	0	// wake-up IPIs sent to other CPUs
+pv_features_ret:	.quad	0	// PV_LOCK_FEATURES(PV_LOCK_PREEMPTED) result
 
 // SDEI client
 sdei_version:		.quad	0	// raw VERSION result
@@ -1514,25 +2011,15 @@ apf_np_irq:		.quad	-1	// the "irq" design's not-present PPI
 apf_usable:		.quad	0	// discovery found everything our design needs
 apf_bad_np:		.quad	0	// a not-present IRQ/abort whose block said otherwise
 
-// Per-task arrays, TASK_MAX u64 each, indexed by task number.
-task_state:		.space	TASK_MAX * 8	// TS_*
-task_work:		.space	TASK_MAX * 8	// sum of work_add units
-task_parked:		.space	TASK_MAX * 8	// times parked by "page not present"
-task_wakeups:		.space	TASK_MAX * 8	// times woken by "page ready"
-task_switches:		.space	TASK_MAX * 8	// times switched in
-task_syscalls:		.space	TASK_MAX * 8
-task_exit_ns:		.space	TASK_MAX * 8	// CNTVCT at exit
-task_exit_code:		.space	TASK_MAX * 8
-task_wake_ns:		.space	TASK_MAX * 8	// sys_sleep deadline
+// token -> task table (2 x ASYNC_PF_PER_VCPU entries)
+	.balign	16
+apf_table:
+	.space	APF_TABLE_ENTRIES * APF_E_SIZE
 
 sched_log_len:		.quad	0		// entries used in sched_log
 sched_log:		.space	SCHED_LOG_LEN	// u8 per switch: task index, 0xff = idle
 
-	.balign	16
-tasks:			.space	TASK_MAX * T_SIZE	// struct task[TASK_MAX]
-
 	.balign	4096
 kstack:			.space	KSTACK_SIZE
 kstack_top:
-task_stacks:		.space	TASK_MAX * TASK_STACK_SIZE
-task_stacks_end:
+percpu0_end:
