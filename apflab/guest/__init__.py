@@ -15,18 +15,29 @@
     m.run(max_instructions=20_000_000)  # until the kernel's brk #0
     state = guest.read_kernel_state(m, syms)
 
+Several CPUs (``build_source(vcpus=N)``, on ``Machine(vcpus=N)``): CPU 0 boots, sets up
+the tasks and starts CPUs 1..N-1 with PSCI CPU_ON; each CPU brings up its own GIC CPU
+interface, APF and SDEI clients, paravirtual lock state and timer tick, and schedules the
+tasks of its own run queue (task i on CPU i mod N unless ``TaskSpec.cpu`` says otherwise).
+Per-CPU variables live in one block per CPU (TPIDR_EL1 points at it): CPU 0's at the labels
+below, CPU c's at ``percpu_addr(symbols, name, c)``. ``read_kernel_state(m, syms, cpu=c)``
+reads CPU c's; its ``cpus`` entry lists every CPU's counters (``read_cpu_state``).
+
 Memory map (guest RAM starts at 0x4000_0000; the image is loaded there)::
 
     0x4000_0000  vectors (2 KiB), kernel text, workload text
-                 kernel data: apf_data (the 64-byte shared APF block), apf_table,
-                 globals, per-task arrays, struct task[8]
-                 kstack (4 KiB), task stacks (8 x 4 KiB)
-                 config_* values, task_table, taskN_params (16 u64 each)
+                 shared kernel data: globals, the kernel lock, per-task arrays,
+                 struct task[8], task stacks (8 x 4 KiB)
+    percpu0      CPU 0's per-CPU block (PERCPU_SIZE = 8 KiB): apf_data (the 64-byte
+                 shared APF block), per-CPU counters, apf_table, sched_log, kstack
+                 config_* values, config_task_cpu, task_table, taskN_params (16 u64 each)
+    percpu_more  the per-CPU blocks of CPUs 1..N-1 (none with one CPU)
     kernel_end   page aligned: [RAM_BASE, kernel_end) is the kernel (pin it)
     buf_base     workload buffers (default 0x4010_0000), page aligned, laid out in
                  task order; they start ABSENT and are evicted independently
 
-Symbols the host can read (all u64 unless noted; arrays have TASK_MAX = 8 entries):
+Symbols the host can read (all u64 unless noted; arrays have TASK_MAX = 8 entries;
+per-CPU ones are CPU 0's copy):
 
     current_task        index of the running task, 0xffff_ffff_ffff_ffff (-1) while idle
     need_resched, rr_cursor, exited_mask, stop_reason (1 all exited, 2 stop_mask done)
@@ -58,6 +69,14 @@ Symbols the host can read (all u64 unless noted; arrays have TASK_MAX = 8 entrie
     task_syscalls[], task_exit_ns[], task_exit_code[], task_wake_ns[]
     sched_log_len, sched_log   u8 per switch (task index; 0xff = idle), 1024 max
     tasks               struct task[8]: x0..x30, sp_el0, elr, spsr (272 bytes each)
+    task_cpu[], task_lock_blocks[]   each task's CPU; times it blocked on the kernel lock
+    cpu_id, cur_task_ptr (per CPU); cpus_online (bit per CPU), cpu_on_ret[8] (CPU_ON results)
+    klock_next, klock_owner  the ticket spinlock; klock_holder (CPU, -1 free); lock_counter;
+                        lock_waiters (bit per task blocked on it, pv_lock); pvlock_state[8]
+                        (each CPU's pvlock_vcpu_state IPA, -1 none)
+    lock_acquired, lock_contended, spin_ns, spin_loops, lock_blocked, lock_wakeups,
+    ipi_sent, pv_features_ret   per-CPU lock statistics (spin_ns: CNTVCT from asking
+                        for the lock to getting it, or to blocking)
     kernel_end, config_*, task_table, task<N>_params
 
 Syscall ABI (``svc #0`` from EL0; number in x8, arguments from x0, result in x0; every
@@ -71,6 +90,9 @@ other register preserved)::
     5 getpid()         -> task index
     6 peek(addr)       -> the u64 at addr, read by the kernel (kernel-mode access); -14 if not in the buffers
     7 alloc_page(addr) -> 0 after the kernel zeroed the page (clear_page); -14 if not a buffer page
+    8 locked_touch(addr, work, flags) -> the u64 at addr (0: none), read while holding the
+                       kernel lock; lock_counter += 1 by a load and a store `work` loop
+                       iterations apart; flags bit 0: no lock (racy control); -14 bad addr
     other              -> -38 (ENOSYS)
 
 Configuration (``build_source`` keywords, emitted as ``config_*`` quads)::
@@ -83,6 +105,8 @@ Configuration (``build_source`` keywords, emitted as ``config_*`` quads)::
     buf_base      where workload buffers start
     wake_resched  1: a "page ready" wake-up asks for a reschedule (the woken task runs
                   at the next return to user space rather than at the next tick)
+    vcpus         CPUs the kernel brings up (1-8; the machine needs as many vCPUs)
+    pv_lock       1: lock waiters block while the holder's vCPU is flagged preempted
     wake_preempt  1 (default, needs wake_resched): the woken task is the one that runs
                   then, before the other runnable tasks, as with Linux's wake-up
                   preemption; the task it preempted runs next after it. 0: the woken
