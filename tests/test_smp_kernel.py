@@ -41,7 +41,11 @@ def test_secondaries_come_up_and_each_cpu_runs_its_own_tasks(vcpus):
         log = set(guest.read_kernel_state(m, syms, cpu=c)["sched_log"]) - {0xFF}
         # CPU c switched to its own tasks, every one of them, and to no other
         assert log == {i for i in range(2 * vcpus) if i % vcpus == c}
-    # the host saw CPU_ON for every secondary, and every vCPU ran guest code
+    # guest.attach: the host charges each vCPU's user time to the task running on that vCPU
+    for c in range(vcpus):
+        spans = m.trace.lane(c)[0]
+        assert {sp[3] for sp in spans if sp[2] == "el0"} == {i for i in range(2 * vcpus) if i % vcpus == c}
+    # every vCPU ran guest code
     assert [r["vcpu"] for r in m.cpu_report()["vcpus"] if r["run_ns"] > 0] == list(range(vcpus))
 
 
@@ -207,3 +211,17 @@ def test_read_kernel_state_of_a_cpu_the_kernel_does_not_have():
 def test_smp_memtouch_bad_parameters(kw, match):
     with pytest.raises(ParameterError, match=match):
         scenarios.build("smp_memtouch", apf=True, **kw)
+
+
+def test_a_panic_on_a_secondary_stops_the_run_through_cpu0():
+    """A task on CPU 1 executes an undefined instruction: CPU 1 panics, parks and sends CPU 0
+    the stop IPI; the run ends at CPU 0's brk #0 and the panic names CPU 1 (no hang)."""
+    bad = "bad_task:\n\t.inst 0x00000000\n\tb bad_task\n"
+    tasks = [guest.compute(iters=50, limit=100_000), guest.TaskSpec("bad_task", [], cpu=1)]
+    m, syms = boot(tasks, 2, run=False, extra_source=bad)
+    m.run(max_instructions=20_000_000)
+    ks = guest.read_kernel_state(m, syms)
+    assert ks["panic"]["reason"] == "bad synchronous exception from EL0" and ks["panic"]["cpu"] == 1
+    assert ks["panic"]["task"] == 1 and not ks["tasks"][0]["exited"]
+    with pytest.raises(GuestError, match="bad synchronous exception"):
+        guest.check_no_panic(m, syms)
