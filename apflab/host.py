@@ -486,6 +486,10 @@ class Host:
         st.now = t
         self._select(here)
 
+    def has_pcpu(self) -> bool:
+        """The current vCPU holds a physical CPU (always true without ``pcpus``)."""
+        return self.sched is None or self.sched.pcpu_of(self._cur) is not None
+
     def release_pcpu(self) -> None:
         """The current vCPU stops needing a physical CPU (a stall, a hold in the host)."""
         if self.sched is not None:

@@ -171,8 +171,27 @@ def run_tenants(machines: list, max_instructions: int, *, until_ns: int | None =
                 stop = "until_ns"           # its run length is up
         if stop is not None and getattr(stop, "reason", None) not in ("waiting_for_pcpu", "yield"):
             stops[i] = stop
+            if until_ns is not None:
+                _close_lanes(host, until_ns)
             host.leave_pcpus()
     return tenant_report(machines)
+
+
+def _close_lanes(host, t: int) -> None:
+    """A fixed-length run ends at ``t`` for every vCPU that is on: one still queued for a pCPU
+    waited (steal) until then, a halted one idled; so each lane covers the whole run."""
+    from .smp import Power
+    for st in host.cpus:
+        if st.power is Power.OFF or st.now >= t:
+            continue
+        if host.sched.is_waiting(st):
+            host._steal(st, t)
+        elif st.halted:
+            here = host._cur
+            host._select(st)
+            host.trace.account(st.now, t, "halted", host.current_task())
+            st.now = t
+            host._select(here)
 
 
 def tenant_report(machines: list) -> dict:

@@ -581,10 +581,12 @@ def _set_limit(m: Machine, syms, limit_pages: int) -> None:
 OVERCOMMIT = {
     **_COMMON,
     "pcpus": (1, _int_range(1, 8), "must be an int in [1, 8] (physical CPUs the two VMs share)"),
+    "vcpus": (1, _int_range(1, 4), "must be an int in [1, 4] (vCPUs of each VM: A runs a walker and a compute "
+                                   "task on each, B a compute task on each; the kernel has 8 task slots)"),
     "time_slice_ns": (3_000_000, _int_range(1_000),
                       "must be an int >= 1000 ns (the host scheduler's slice; default 3 ms, CFS's base slice)"),
-    "npages": (256, _int_range(4, 1 << 16), "must be an int in [4, 65536] (VM A's walker buffer, pages)"),
-    "limit_pages": (64, _int_range(2), "must be an int >= 2 (VM A's host memory limit for the buffer, pages)"),
+    "npages": (256, _int_range(4, 1 << 16), "must be an int in [4, 65536] (each of VM A's walker buffers, pages)"),
+    "limit_pages": (64, _int_range(2), "must be an int >= 2 (VM A's host memory limit for its buffers, pages)"),
     "duration_ns": (20_000_000, _int_range(1_000_000), "must be an int >= 1 ms of virtual time (the run length)"),
     "ram_mib": (16, _int_range(4, 4096), "must be an int in [4, 4096] (guest RAM of each VM, MiB)"),
     "max_instructions": (400_000_000, _int_range(1), "must be a positive int (both VMs together)"),
@@ -657,32 +659,37 @@ def overcommit_gains(off: "OvercommitResult", on: "OvercommitResult") -> dict:
 
 
 def _tenant(p: dict, seed: int, apf: bool, delivery: str, sched, tasks) -> tuple[Machine, dict]:
+    n = p["vcpus"]
     from .backing import make_store
     store = make_store(p["store"], **_store(p))
     costs = None if p["host_costs"] is None else HostCosts(**p["host_costs"])
     m = Machine(seed=seed, ram_size=p["ram_mib"] << 20, store=store, keep_records=p["keep_records"],
                 ns_per_insn=p["ns_per_insn"], costs=costs, apf=True, delivery=delivery,
-                irq_window=p["irq_window"], pcpus=sched)
-    return m, _boot(m, tasks, p, apf, delivery)
+                irq_window=p["irq_window"], pcpus=sched, vcpus=n)
+    return m, _boot(m, tasks, p, apf, delivery, vcpus=n)   # task i runs on vCPU i mod n
 
 
 def _build_overcommit(p: dict, seed: int, apf: bool, delivery: str) -> Setup:
-    """VM A: a memtouch walker over a swapped buffer and a compute task; VM B: a compute task.
-    One vCPU each (the guest kernel is single-CPU), sharing ``pcpus`` physical CPUs."""
+    """VM A: on each of its ``vcpus`` vCPUs a memtouch walker over its own swapped buffer and a
+    compute task; VM B: a compute task on each vCPU. They share ``pcpus`` physical CPUs."""
     from .pcpu import HostScheduler
+    n = p["vcpus"]
     sched = HostScheduler(p["pcpus"], p["time_slice_ns"])
-    _need_ram(p["npages"], p["ram_mib"])
-    tasks_a = [guest.memtouch(p["npages"], 1_000_000, tag=1, first_round=1, measured=False),
-               guest.compute(measured=False)]
+    _need_ram(p["npages"] * n, p["ram_mib"])
+    tasks_a = ([guest.memtouch(p["npages"], 1_000_000, tag=i + 1, first_round=1, measured=False)
+                for i in range(n)] + [guest.compute(measured=False) for _ in range(n)])
+    names_a = ["memtouch", "compute"] if n == 1 else ([f"memtouch{i}" for i in range(n)]
+                                                       + [f"compute{i}" for i in range(n)])
     a, syms_a = _tenant(p, seed, apf, delivery, sched, tasks_a)
     bufs = guest.task_buffers(tasks_a)
-    _prefill_and_swap(a, bufs[0], tag=1)
+    for i in range(n):
+        _prefill_and_swap(a, bufs[i], tag=i + 1)
     _set_limit(a, syms_a, p["limit_pages"])
-    tasks_b = [guest.compute(measured=False)]
+    tasks_b = [guest.compute(measured=False) for _ in range(n)]
+    names_b = ["compute"] if n == 1 else [f"compute{i}" for i in range(n)]
     b, syms_b = _tenant(p, seed + 1, apf, delivery, sched, tasks_b)   # its own device jitter
-    setup = TenantsSetup("overcommit", a, syms_a, p, apf, delivery, seed, tasks_a,
-                         ["memtouch", "compute"], bufs)
-    setup.tenants = [(a, syms_a, ["memtouch", "compute"]), (b, syms_b, ["compute"])]
+    setup = TenantsSetup("overcommit", a, syms_a, p, apf, delivery, seed, tasks_a, names_a, bufs)
+    setup.tenants = [(a, syms_a, names_a), (b, syms_b, names_b)]
     return setup
 
 
@@ -699,6 +706,10 @@ def _measure_overcommit(setup: Setup) -> ScenarioResult:
             raise GuestError("overcommit: memtouch found corrupted pages")
         work = {names[i]: t["work"] for i, t in enumerate(ks["tasks"])}
         work["total"] = sum(t["work"] for t in ks["tasks"])
+        for c in vm["vcpus"]:            # the span each vCPU's times cover: power-on to its clock
+            spans, _ = m.trace.lane(c["vcpu"])
+            c["start_ns"] = spans[0][0] if spans else None     # None: spans not kept
+            c["end_ns"] = m.host.cpus[c["vcpu"]].now
         vms.append({"vm": "AB"[vm["vm"]], "instructions": vm["instructions"], "work": work,
                     "elapsed_ns": vm["elapsed_ns"], "vcpus": vm["vcpus"], "trace_digest": m.trace.digest(),
                     "faults": sum(m.trace.tally("stage2_fault").get(k, 0) for k in ("swapped", "inflight"))})

@@ -17,19 +17,26 @@ def run(design, **kw):
     return S.run_scenario("overcommit", apf=True, delivery=design, **p)
 
 
+def check_accounts(r, duration_ns):
+    """Per vCPU: run + stall + steal + idle covers its time from power-on to the end of the run;
+    the pCPUs were busy exactly while vCPUs ran."""
+    run_total = 0
+    for vm in r.vms:
+        for c in vm["vcpus"]:
+            assert c["run_ns"] + c["stall_ns"] + c["steal_ns"] + c["idle_ns"] == c["end_ns"] - c["start_ns"]
+            assert c["end_ns"] >= duration_ns
+            run_total += c["run_ns"]
+        assert vm["elapsed_ns"] == max(c["end_ns"] for c in vm["vcpus"])
+        assert vm["instructions"] > 0 and vm["work"]["total"] > 0
+    assert r.vms[0]["vcpus"][0]["start_ns"] == 0
+    assert sum(p["busy_ns"] for p in r.pcpus) == run_total
+
+
 @pytest.mark.parametrize("design", S.DESIGNS)
 def test_accounting_adds_up_for_every_design(design):
     r = run(design)
     assert [v["vm"] for v in r.vms] == ["A", "B"]
-    run_total = 0
-    for vm in r.vms:
-        for c in vm["vcpus"]:
-            # each vCPU's time is run, stall, steal (waiting for a pCPU) or idle, up to its clock
-            assert c["run_ns"] + c["stall_ns"] + c["steal_ns"] + c["idle_ns"] == vm["elapsed_ns"]
-            run_total += c["run_ns"]
-        assert vm["elapsed_ns"] >= SMALL["duration_ns"]
-        assert vm["instructions"] > 0 and vm["work"]["total"] > 0
-    assert sum(p["busy_ns"] for p in r.pcpus) == run_total       # a pCPU is busy running vCPUs
+    check_accounts(r, SMALL["duration_ns"])
     assert len(r.pcpus) == 1 and 0.95 < r.pcpus[0]["utilisation"] <= 1.0
     assert r.vms[1]["faults"] == 0 and r.vms[0]["faults"] > 0
     assert r.delivery == ("sync" if design == "sync" else design)
@@ -77,13 +84,26 @@ def test_parameters_are_checked_and_documented():
         S.build("overcommit", pcpus=0)
     with pytest.raises(ParameterError, match="time_slice_ns"):
         S.build("overcommit", time_slice_ns=10)
+    with pytest.raises(ParameterError, match="vcpus"):
+        S.build("overcommit", vcpus=5)
     with pytest.raises(ParameterError, match="unknown parameter"):
-        S.build("overcommit", vcpus=2)
+        S.build("overcommit", calc_thread=True)
     off = run("sync")
     with pytest.raises(ParameterError, match="first run with APF off"):
         S.overcommit_gains(off, off)
     with pytest.raises(ParameterError, match="two overcommit results"):
         S.overcommit_gains(off, S.run_scenario("memtouch", apf=True, npages=8, limit_pages=4))
+
+
+@pytest.mark.parametrize("design", ["sync", "sdei", "halt"])
+def test_two_vcpus_per_vm_on_two_pcpus(design):
+    """The SMP guest kernel: each VM has two vCPUs (A: a walker and a compute task on each),
+    four vCPUs on two pCPUs. The same accounts hold for every vCPU."""
+    r = run(design, vcpus=2, pcpus=2)
+    assert [len(v["vcpus"]) for v in r.vms] == [2, 2] and len(r.pcpus) == 2
+    check_accounts(r, SMALL["duration_ns"])
+    assert set(r.vms[0]["work"]) == {"memtouch0", "memtouch1", "compute0", "compute1", "total"}
+    assert all(c["steal_ns"] > 0 for v in r.vms for c in v["vcpus"])
 
 
 def test_compare_designs_runs_every_design():
