@@ -584,9 +584,14 @@ CPU_PART_COLORS = {"run": "#4C78A8", "stall": "#E45756", "steal": "#FF9DA6", "id
 def _vms(obj) -> tuple[list[tuple[str, Trace, list[int], object]], object]:
     """[(VM label, trace, vCPU indices, host or None)], and the shared HostScheduler or None.
 
-    ``obj``: a Machine, a list of Machines sharing a scheduler (``run_tenants``), a Trace, or
-    anything with ``.machines``, ``.machine`` or ``.trace``."""
-    if isinstance(obj, (list, tuple)):
+    ``obj``: a Machine, a list of Machines sharing a scheduler (``run_tenants``), the
+    ``overcommit`` scenario's setup (``.tenants``: VMs A and B), a Trace, or anything with
+    ``.machines``, ``.machine`` or ``.trace``."""
+    names = None
+    if getattr(obj, "tenants", None):
+        machines = [t[0] for t in obj.tenants]
+        names = [f"VM {chr(ord('A') + k)} " for k in range(len(machines))]
+    elif isinstance(obj, (list, tuple)):
         machines = list(obj)
     elif getattr(obj, "machines", None) is not None:
         machines = list(obj.machines)
@@ -605,7 +610,7 @@ def _vms(obj) -> tuple[list[tuple[str, Trace, list[int], object]], object]:
         host = getattr(m, "host", None)
         if host is None:
             raise ParameterError(f"expected Machines, got {type(m).__name__}")
-        label = f"VM {k} " if len(machines) > 1 else ""
+        label = names[k] if names else f"VM {k} " if len(machines) > 1 else ""
         out.append((label, m.trace, [st.index for st in host.cpus], host))
     scheds = {id(vm[3].sched) for vm in out}
     sched = out[0][3].sched
@@ -749,6 +754,8 @@ def swimlanes(obj, t0: int | None = None, t1: int | None = None, *, max_bars: in
 def _report_of(obj) -> dict:
     if isinstance(obj, Mapping):
         return obj
+    if getattr(obj, "vms", None) and hasattr(obj, "pcpus"):        # an overcommit result
+        return {"vms": obj.vms, "pcpus": obj.pcpus, "elapsed_ns": obj.elapsed_ns}
     if isinstance(obj, (list, tuple)):
         from .pcpu import tenant_report
         return tenant_report(list(obj))
@@ -800,10 +807,13 @@ def cpu_breakdown_bar(obj, *, title: str = "Where each vCPU's time went") -> go.
 
 def vm_work_data(runs, metric: str = "instructions") -> dict:
     """Work per VM in one or several runs of VMs sharing pCPUs (``tenant_report`` dicts, or
-    a dict label -> report, e.g. APF off and on): {"labels": run labels, "vms": VM labels,
-    "work": {vm: [per run]}, "utilisation": [mean pCPU utilisation per run]}."""
-    if isinstance(runs, Mapping) and "vms" in runs:
+    a dict label -> report, e.g. APF off and on; ``overcommit`` results work too): {"labels":
+    run labels, "vms": VM labels, "work": {vm: [per run]}, "utilisation": [mean pCPU
+    utilisation per run]}. ``metric`` may reach into a dict: "work.total"."""
+    if (isinstance(runs, Mapping) and "vms" in runs) or hasattr(runs, "vms"):
         runs = {"run": runs}
+    if isinstance(runs, Mapping):
+        runs = {k: _report_of(v) for k, v in runs.items()}
     if not isinstance(runs, Mapping) or not runs:
         raise ParameterError("expected a tenant report or a dict label -> tenant report")
     labels = [str(k) for k in runs]
@@ -812,12 +822,14 @@ def vm_work_data(runs, metric: str = "instructions") -> dict:
     for i, rep in enumerate(runs.values()):
         for vm in rep["vms"]:
             name = str(vm.get("name", f"VM {vm['vm']}"))
-            if metric not in vm:
-                raise ParameterError(f"VM {name} has no {metric!r} (keys: {', '.join(vm)})")
+            try:
+                value = _get(vm, metric)
+            except ParameterError:
+                raise ParameterError(f"VM {name} has no {metric!r} (keys: {', '.join(vm)})") from None
             if name not in work:
                 vms.append(name)
                 work[name] = [None] * len(labels)
-            work[name][i] = vm[metric]
+            work[name][i] = value
     util = []
     for rep in runs.values():
         ps = rep.get("pcpus", ())

@@ -143,9 +143,9 @@ def test_every_exercise_checks_without_answer_in_classroom_mode(monkeypatch):
     """No check may go through the student-facing answer(): in classroom mode it refuses."""
     import inspect
     from apflab import exercises
-    from apflab.exercises import Exercise, lab01, lab02, lab03, lab04, lab05, lab06, lab07, lab08, lab09, lab10
+    from apflab.exercises import Exercise, lab01, lab02, lab03, lab04, lab05, lab06, lab07, lab08, lab09, lab10, lab11
     monkeypatch.setenv("APFLAB_CLASSROOM", "1")
-    for mod in (exercises, lab01, lab02, lab03, lab04, lab05, lab06, lab07, lab08, lab09, lab10):
+    for mod in (exercises, lab01, lab02, lab03, lab04, lab05, lab06, lab07, lab08, lab09, lab10, lab11):
         for name, cls in vars(mod).items():
             if inspect.isclass(cls) and issubclass(cls, Exercise) and cls is not Exercise:
                 src = inspect.getsource(cls)
