@@ -345,3 +345,21 @@ def test_cpu_breakdown_bar_stacks_the_report(overcommitted):
     assert "pCPU 0 busy" in fig.layout.title.text
     with pytest.raises(ParameterError):
         plots.cpu_breakdown_data({"elapsed_ns": 0})
+
+
+def test_overcommit_setup_and_results_draw_both_vms():
+    """The overcommit scenario's setup (VMs A and B) and its results feed the same figures."""
+    setup = scenarios.build("overcommit", apf=True, seed=0, duration_ns=2_000_000, npages=16, limit_pages=8,
+                            time_slice_ns=500_000)
+    r = setup.run()
+    d = plots.lanes_data(setup)
+    assert d["rows"] == ["VM A vCPU 0", "VM B vCPU 0"] and d["pcpu_rows"] == ["pCPU 0"]
+    assert d["pcpu_busy"]["pCPU 0"] == r.pcpus[0]["busy_ns"]
+    assert {b[3] for b in d["pcpu_bars"]} == {"VM A vCPU 0", "VM B vCPU 0"}
+    cb = plots.cpu_breakdown_data(r)
+    assert cb["labels"] == ["VM A vCPU 0", "VM B vCPU 0"]
+    assert cb["steal"] == [v["vcpus"][0]["steal_ns"] for v in r.vms]
+    for i, row in enumerate(d["rows"]):        # the lanes and the report tell the same story
+        assert d["totals"][row]["steal"] == cb["steal"][i] > 0
+    w = plots.vm_work_data({"on": r}, "work.total")
+    assert w["work"] == {"VM A": [r.vms[0]["work"]["total"]], "VM B": [r.vms[1]["work"]["total"]]}
