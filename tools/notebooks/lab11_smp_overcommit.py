@@ -30,8 +30,9 @@ A synchronous stall looks like waste from inside the guest: the vCPU does nothin
 page is in. But a host with other tenants does not leave the pCPU idle: the stalled vCPU
 releases it and another vCPU (of this VM or another VM) runs there. So the *host* loses
 little to the stall, and APF, which lets the *guest* run something else during the wait, can
-win the guest a lot while winning the host little or nothing. That is the argument the review
-of the arm64 series turned on (lab 09).
+win the guest a lot while winning the host little or nothing. A cloud host sells pCPU time,
+so this is where lab 09's objections 3 and 4 (cloud vendors not asking for APF; no
+performance data) meet a measurement.
 
 apflab's host (`apflab.pcpu.HostScheduler`): P pCPUs; a runnable vCPU takes a free pCPU or
 queues (FIFO); while it queues it accrues **steal** time (KVM's steal time: runnable, not
@@ -120,11 +121,13 @@ holding a spinlock), so the holder's vCPU stalls for the whole read, and every o
 that wants the lock spins.
 
 The remedy is paravirtual: the host publishes a per-vCPU "preempted" flag in guest memory
-(arm64's PV-lock calls and KVM's steal-time `preempted` field; docs/REFERENCES.md, "The vCPU
-preempted flag"), and a waiter whose lock holder is flagged blocks instead of spinning. KVM
-sets the flag only when a runnable vCPU loses its pCPU; apflab's `pv_flag="preempted+stalled"`
-(the default of `pv_lock=True`) also sets it while the vCPU stalls in a synchronous page-in:
-that extension is the lab's, beyond KVM.
+(the arm64 PV-lock calls, never merged, and x86's steal-time `preempted` field; sources in
+docs/REFERENCES.md, "Paravirtual lock"), and a waiter whose lock holder is flagged blocks
+instead of spinning. KVM's generic flag is set only when a vCPU loses its pCPU while still
+runnable (`pv_flag="preempted"`); apflab's `pv_flag="preempted+stalled"` (the default of
+`pv_lock=True`) also sets it while the vCPU stalls in a synchronous page-in. That extension is
+the lab's, beyond KVM (the unmerged arm64 series wrote the flag at every sched-out of the vCPU
+thread, which would include such a stall; apflab does not model that write).
 
 **Predict:** with 2 vCPUs, 16 lock calls each, 50 µs reads: roughly how long do the vCPUs
 spin in total without the flag? With KVM's meaning of the flag only (`pv_flag="preempted"`)
@@ -158,7 +161,7 @@ plots.swimlanes(lock.machine, title="lock_holder, no flag: one vCPU stalls holdi
   is spent by the other vCPU spinning in the kernel (`el1` in its lane), time its compute task
   does not get.
 - KVM's meaning of the flag never makes a waiter block here (0 blocked): with a pCPU per vCPU
-  nobody is ever preempted, and a synchronous stall is not a preemption in KVM. The spin that
+  nobody is ever preempted, and a synchronous stall does not set KVM's generic flag. The spin that
   is left differs from the no-flag run seed by seed only because the waiters' extra check
   shifts the interleaving. Only the lab's extension, which also flags a stall, turns the spin
   into a block (the waiter sleeps and is woken by an IPI).
@@ -240,7 +243,7 @@ SUMMARY = md("""## Summary
   below 1; how large the guest's is depends on the host's time slice.
 - A kernel-mode fault under a spinlock cannot be made asynchronous by any design. The other
   vCPUs spin for the whole read; a paravirtual flag lets them block instead, but only if the
-  host flags a stall, which KVM's "preempted" does not.
+  host flags a stall, which KVM's generic "preempted" flag does not.
 - The FIFO host scheduler and the "preempted+stalled" flag are the lab's choices
   (docs/REFERENCES.md); the comparisons, not the absolute numbers, are what carry over.""")
 
