@@ -60,6 +60,21 @@ plots.swimlanes(smp.machine, title="smp_memtouch, APF on: one lane per vCPU").sh
     md("""Each vCPU's walker faults on its own pages; with APF on, "page ready" comes back to the
 vCPU that faulted (each vCPU has its own APF queue, as in KVM). With nothing else to run, a
 vCPU whose task waits halts (idle), it does not stall."""),
+    md("""The `Explorer` (lab 06) steps the same machine; with several vCPUs it has a selector
+(`show`): the registers, PC, clock, SDEI PE and APF queue shown are the chosen vCPU's, and the
+trace log can show only its records. Stepping still steps the whole machine."""),
+    code("""# NBVAL_IGNORE_OUTPUT
+from apflab.widgets import Explorer
+
+explorer = Explorer(lambda s: scenarios.build("smp_memtouch", apf=True, seed=s, vcpus=2, npages=16,
+                                              limit_pages=16))
+explorer"""),
+    code("""print(explorer.run_until("fault"))
+explorer.select_vcpu(1)                  # what clicking "vCPU 1" does
+explorer.show_own_records(True)
+for v in explorer.state()["vcpus"]:
+    print(f"vCPU {v['vcpu']}: {v['power']}, EL{v['el']}, pc {v['pc']:#x}, t = {v['now_ns']:,} ns")
+print("vCPU 1's last records:", [r["kind"] for r in explorer.state()["recent"]][-6:])"""),
     md("""## 2. Overcommit: the guest's view against the host's view
 
 `overcommit`: VMs A and B share **one** pCPU for 5 ms. A runs a walker over a 64-page buffer
