@@ -233,6 +233,10 @@ class Vcpu:
         self.sysreg_read: dict[SysregKey, Callable[[], int]] = {}
         self.sysreg_write: dict[SysregKey, Callable[[int], None]] = {}
         self.clock_at_retired: Callable[[int], None] = lambda retired: None
+        # Fast path (set by the host): called inside the sysreg hook with the SYSREG exit the
+        # slow path would have returned; answers the next slice's instruction count when the
+        # host's loop would just run on, or None to end the run there (see ``_sys_inline``).
+        self.sysreg_continue: Callable[[Exit], int | None] | None = None
 
         self._hook_error: BaseException | None = None
         self._stop: Exit | None = None
@@ -246,6 +250,16 @@ class Vcpu:
         self._stepping = False
         self._sysreg = None
         self._done_before = 0
+        self._base = 0              # engine count at the start of the current (virtual) slice
+        self._host_error: BaseException | None = None
+        self.inline_traps = 0       # traps the fast path handled without ending emu_start
+        # Per trapped register: did the engine step PC past it itself (a register the CPU
+        # model implements) or not (ICC_*)? Learnt from slow-path traps. Only registers never
+        # seen stepped are emulated inside the hook: for the ones the model implements (the
+        # timer's), where the engine stops after the hook depends on the translation block
+        # (sometimes PC is past the instruction, sometimes not), which the slow path's count
+        # of retired instructions follows and the hook cannot see.
+        self._stepped: dict[SysregKey, bool] = {}
 
         self._clrex_mapped = False
         self._in_clrex = False
@@ -494,16 +508,28 @@ class Vcpu:
         self._sysreg = None
         self._unmask_at = None
         self._done_before = done_before
+        self._base = 0
+        self._count = count
         try:
             self._uc.emu_start(self.pc, 0, count=count)   # `until` unused: exits are on
             err = None
         except UcError as e:
             err = e
+        if self._host_error is not None:      # the host's own error, raised as the slow path would
+            exc = self._host_error
+            self._host_error = None
+            raise exc
         if self._hook_error is not None:
             exc = self._hook_error
             self._hook_error = None
             raise HookError(f"error inside a vCPU hook at pc={self.pc:#x}: {exc!r}") from exc
-        counter = self._counter()
+        if self._stop is not None and self._stop.kind is ExitKind.SLICE_END:
+            # The fast path handled a sysreg trap and the host wants its loop: nothing ran since.
+            stop = self._stop
+            self.pc = stop.pc
+            return stop
+        counter = self._counter() - self._base
+        count = self._count
         if err is not None:
             if err.errno == UC_ERR_EXCEPTION and self._abort is not None:
                 ipa, access = self._abort
@@ -550,6 +576,7 @@ class Vcpu:
         """
         key, is_write, value, reg_id, insn_pc = self._sysreg
         stepped = self.pc != insn_pc
+        self._stepped[key] = stepped or self._stepped.get(key, False)
         retired = counter - 1 + (0 if stepped else 1)
         self.clock_at_retired(self._done_before + retired - 1)
         if is_write:
@@ -612,7 +639,7 @@ class Vcpu:
                 # Instructions so far (this one included) ran at EL1; what follows
                 # runs at the EL in SPSR_EL1.
                 spsr = uc.cpr_read(*_SYSREGS["spsr_el1"])
-                self._el_changes.append((self._done_before + self._counter(), (spsr >> 2) & 3))
+                self._el_changes.append((self._done_before + self._counter() - self._base, (spsr >> 2) & 3))
         except BaseException as e:
             self._hook_error = e
             uc.emu_stop()
@@ -632,9 +659,52 @@ class Vcpu:
         key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
         if key not in (self.sysreg_write if is_write else self.sysreg_read):
             return 0  # not ours: the CPU model executes it
+        if self.sysreg_continue is not None and self._stepped.get(key) is False and not self._stepping:
+            return self._sys_inline(key, is_write, cp.val, reg_id)
         # Stop here; ``_finish_sysreg`` emulates it with the clock at this instruction.
         self._sysreg = (key, is_write, cp.val, reg_id, self._rd(A.UC_ARM64_REG_PC))
         self._uc.emu_stop()
+        return 1
+
+    def _sys_inline(self, key: SysregKey, is_write: bool, value: int, reg_id: int) -> int:
+        """Fast path: emulate the trapped register without ending ``emu_start``.
+
+        Does what ``_finish_sysreg`` and the host loop would do after a SYSREG exit (the
+        host accounts the slice and charges an SGI at this instruction) and then asks
+        ``sysreg_continue`` for the next slice's count: the engine's own limit
+        (``uc->emu_count``, next to the counter) is moved so the run ends exactly where
+        the slow path's next slice would. When the host's loop has work to do here (an
+        IRQ to take, an event due) the run ends instead, as the slow path's would.
+        Only for registers the CPU model lacks (ICC_*), whose trap leaves PC on the
+        instruction: PC is stepped by hand and the engine's count stays exact.
+        """
+        uc = self._uc
+        insn_pc = self._rd(A.UC_ARM64_REG_PC)
+        counter = self._counter() - self._base        # this instruction included
+        try:
+            self.clock_at_retired(counter - 1)
+            if is_write:
+                self.sysreg_write[key](value)
+            else:
+                self._wr(reg_id, self.sysreg_read[key]() & (1 << 64) - 1)
+            ex = Exit(ExitKind.SYSREG, counter, insn_pc + 4, sysreg=key, segments=self._el_changes)
+            self._el_changes = []
+            nxt = self.sysreg_continue(ex)
+        except BaseException as e:
+            self._host_error = e
+            self._stop = Exit(ExitKind.SLICE_END, 0, insn_pc + 4)
+            uc.emu_stop()
+            return 1
+        self._wr(A.UC_ARM64_REG_PC, insn_pc + 4)       # the engine lacks it: step by hand
+        if nxt is None:
+            self._stop = Exit(ExitKind.SLICE_END, 0, insn_pc + 4)
+            uc.emu_stop()
+            return 1
+        self._base += counter
+        self._count = nxt
+        self.inline_traps += 1
+        # uc->emu_count: the engine stops once its counter passes it.
+        ctypes.c_uint64.from_address(self._counter_addr + 8).value = self._base + nxt
         return 1
 
     def _mrs(self, uc, reg, cp, _ud):
