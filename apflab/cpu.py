@@ -37,6 +37,12 @@ try:   # the binding's C library handle: plain 64-bit registers without its per-
     from unicorn.unicorn_py3.unicorn import uclib as _uclib
 except ImportError:  # pragma: no cover - other binding layouts fall back to Uc.reg_read
     _uclib = None
+try:   # the MRS/MSR hook's C signature: called without the binding's per-call wrapper
+    from unicorn.unicorn_py3.arch.arm64 import HOOK_INSN_SYS_CFUNC as _SYS_CFUNC
+except ImportError:  # pragma: no cover
+    _SYS_CFUNC = None
+# The hook's register description (the binding's UcRegCP64): crn, crm, op0, op1, op2, val.
+_CP_REG = struct.Struct("<5I4xQ")
 
 from .asm import disassemble_one
 from .errors import HookError, InvariantError
@@ -220,6 +226,7 @@ class Vcpu:
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])
         self._counter_addr = uc._uch.value + _InsnCounter.offset()
+        self._uch = uc._uch
         self._u64 = ctypes.c_uint64()
         self._u64_ref = ctypes.byref(self._u64)
         if _uclib is not None:
@@ -265,8 +272,17 @@ class Vcpu:
         self._in_clrex = False
         uc.hook_add(UC_HOOK_TLB_FILL, self._tlb_fill)
         uc.hook_add(UC_HOOK_INTR, self._intr)
-        uc.hook_add(UC_HOOK_INSN, self._mrs, None, 1, 0, A.UC_ARM64_INS_MRS)
-        uc.hook_add(UC_HOOK_INSN, self._msr, None, 1, 0, A.UC_ARM64_INS_MSR)
+        if _SYS_CFUNC is not None and _uclib is not None:
+            # Every MRS/MSR reaches this hook (most are not trapped): the binding's wrapper
+            # and its register object cost more than the work, so the C callback is ours.
+            self._sys_cbs = []
+            for insn, is_write in ((A.UC_ARM64_INS_MRS, False), (A.UC_ARM64_INS_MSR, True)):
+                cb = _SYS_CFUNC(lambda _h, reg, ptr, _ud, w=is_write: self._sys_raw(reg, ptr, w))
+                self._sys_cbs.append(cb)
+                uc._Uc__do_hook_add(UC_HOOK_INSN, cb, 1, 0, ctypes.c_int(insn))
+        else:  # pragma: no cover - other binding layouts
+            uc.hook_add(UC_HOOK_INSN, self._mrs, None, 1, 0, A.UC_ARM64_INS_MRS)
+            uc.hook_add(UC_HOOK_INSN, self._msr, None, 1, 0, A.UC_ARM64_INS_MSR)
 
     # ------------------------------------------------------------------ registers
     def _rd_fast(self, rid: int) -> int:
@@ -510,11 +526,17 @@ class Vcpu:
         self._done_before = done_before
         self._base = 0
         self._count = count
-        try:
-            self._uc.emu_start(self.pc, 0, count=count)   # `until` unused: exits are on
-            err = None
-        except UcError as e:
-            err = e
+        if _uclib is not None:
+            # Straight to the C library (the binding's emu_start adds only a wrapper; every
+            # hook here catches its own exceptions): `until` unused, exits are on.
+            status = _uclib.uc_emu_start(self._uch, self._rd(A.UC_ARM64_REG_PC), 0, 0, count)
+            err = UcError(status) if status else None
+        else:  # pragma: no cover - other binding layouts
+            try:
+                self._uc.emu_start(self.pc, 0, count=count)
+                err = None
+            except UcError as e:
+                err = e
         if self._host_error is not None:      # the host's own error, raised as the slow path would
             exc = self._host_error
             self._host_error = None
@@ -655,14 +677,13 @@ class Vcpu:
         rt = self.insn_word(address) & 0x1F      # msr daif, xt: the new DAIF is xt's bits 9:6
         return rt == 31 or not self.x(rt) & PSTATE_I
 
-    def _sys(self, cp, reg_id: int, is_write: bool) -> int:
-        key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+    def _sys(self, key: SysregKey, value: int, reg_id: int, is_write: bool) -> int:
         if key not in (self.sysreg_write if is_write else self.sysreg_read):
             return 0  # not ours: the CPU model executes it
         if self.sysreg_continue is not None and self._stepped.get(key) is False and not self._stepping:
-            return self._sys_inline(key, is_write, cp.val, reg_id)
+            return self._sys_inline(key, is_write, value, reg_id)
         # Stop here; ``_finish_sysreg`` emulates it with the clock at this instruction.
-        self._sysreg = (key, is_write, cp.val, reg_id, self._rd(A.UC_ARM64_REG_PC))
+        self._sysreg = (key, is_write, value, reg_id, self._rd(A.UC_ARM64_REG_PC))
         self._uc.emu_stop()
         return 1
 
@@ -707,9 +728,18 @@ class Vcpu:
         ctypes.c_uint64.from_address(self._counter_addr + 8).value = self._base + nxt
         return 1
 
+    def _sys_raw(self, reg_id: int, ptr: int, is_write: bool) -> int:
+        try:
+            crn, crm, op0, op1, op2, value = _CP_REG.unpack(ctypes.string_at(ptr, _CP_REG.size))
+            return self._sys((op0, op1, crn, crm, op2), value, reg_id, is_write)
+        except BaseException as e:
+            self._hook_error = e
+            self._uc.emu_stop()
+            return 1
+
     def _mrs(self, uc, reg, cp, _ud):
         try:
-            return self._sys(cp, reg, False)
+            return self._sys((cp.op0, cp.op1, cp.crn, cp.crm, cp.op2), cp.val, reg, False)
         except BaseException as e:
             self._hook_error = e
             uc.emu_stop()
@@ -717,7 +747,7 @@ class Vcpu:
 
     def _msr(self, uc, reg, cp, _ud):
         try:
-            return self._sys(cp, reg, True)
+            return self._sys((cp.op0, cp.op1, cp.crn, cp.crm, cp.op2), cp.val, reg, True)
         except BaseException as e:
             self._hook_error = e
             uc.emu_stop()
