@@ -240,10 +240,11 @@ class Vcpu:
         self.sysreg_read: dict[SysregKey, Callable[[], int]] = {}
         self.sysreg_write: dict[SysregKey, Callable[[int], None]] = {}
         self.clock_at_retired: Callable[[int], None] = lambda retired: None
-        # Fast path (set by the host): called inside the sysreg hook with the SYSREG exit the
-        # slow path would have returned; answers the next slice's instruction count when the
-        # host's loop would just run on, or None to end the run there (see ``_sys_inline``).
-        self.sysreg_continue: Callable[[Exit], int | None] | None = None
+        # Fast path (set by the host): called inside the sysreg or interrupt hook with the
+        # SYSREG or HVC exit the slow path would have returned; answers the next slice's
+        # instruction count when the host's loop would just run on, or None to end the run
+        # there (see ``_sys_inline``, ``_hvc_inline``).
+        self.exit_continue: Callable[[Exit], int | None] | None = None
 
         self._hook_error: BaseException | None = None
         self._stop: Exit | None = None
@@ -636,6 +637,9 @@ class Vcpu:
             if intno in (_INTNO_HVC, _INTNO_SWI, _INTNO_SMC):
                 imm = (self.insn_word(pc - 4) >> 5) & 0xFFFF
                 kind = {_INTNO_HVC: ExitKind.HVC, _INTNO_SWI: ExitKind.SVC, _INTNO_SMC: ExitKind.SMC}[intno]
+                if kind is ExitKind.HVC and self.exit_continue is not None and not self._stepping:
+                    self._hvc_inline(pc, imm)
+                    return
                 self._stop = Exit(kind, 0, pc, imm=imm)
             elif intno == _INTNO_BKPT:
                 self._stop = Exit(ExitKind.BRK, 0, pc, imm=(self.insn_word(pc) >> 5) & 0xFFFF)
@@ -680,7 +684,7 @@ class Vcpu:
     def _sys(self, key: SysregKey, value: int, reg_id: int, is_write: bool) -> int:
         if key not in (self.sysreg_write if is_write else self.sysreg_read):
             return 0  # not ours: the CPU model executes it
-        if self.sysreg_continue is not None and self._stepped.get(key) is False and not self._stepping:
+        if self.exit_continue is not None and self._stepped.get(key) is False and not self._stepping:
             return self._sys_inline(key, is_write, value, reg_id)
         # Stop here; ``_finish_sysreg`` emulates it with the clock at this instruction.
         self._sysreg = (key, is_write, value, reg_id, self._rd(A.UC_ARM64_REG_PC))
@@ -692,7 +696,7 @@ class Vcpu:
 
         Does what ``_finish_sysreg`` and the host loop would do after a SYSREG exit (the
         host accounts the slice and charges an SGI at this instruction) and then asks
-        ``sysreg_continue`` for the next slice's count: the engine's own limit
+        ``exit_continue`` for the next slice's count: the engine's own limit
         (``uc->emu_count``, next to the counter) is moved so the run ends exactly where
         the slow path's next slice would. When the host's loop has work to do here (an
         IRQ to take, an event due) the run ends instead, as the slow path's would.
@@ -710,7 +714,7 @@ class Vcpu:
                 self._wr(reg_id, self.sysreg_read[key]() & (1 << 64) - 1)
             ex = Exit(ExitKind.SYSREG, counter, insn_pc + 4, sysreg=key, segments=self._el_changes)
             self._el_changes = []
-            nxt = self.sysreg_continue(ex)
+            nxt = self.exit_continue(ex)
         except BaseException as e:
             self._host_error = e
             self._stop = Exit(ExitKind.SLICE_END, 0, insn_pc + 4)
@@ -736,6 +740,33 @@ class Vcpu:
             self._hook_error = e
             self._uc.emu_stop()
             return 1
+
+    def _hvc_inline(self, pc: int, imm: int) -> None:
+        """Fast path: a hypercall served inside the engine's interrupt hook.
+
+        The hook runs between translation blocks (the engine is taking the exception), so
+        the host may change registers, PC and PSTATE here as after a stop. The engine's count
+        already includes the hvc, as at a stop. As for a trapped register, the host accounts
+        the slice, serves the call and answers the next slice's count, or None to stop.
+        """
+        counter = self._counter() - self._base
+        ex = Exit(ExitKind.HVC, counter, pc, imm=imm, segments=self._el_changes)
+        self._el_changes = []
+        try:
+            nxt = self.exit_continue(ex)
+        except BaseException as e:
+            self._host_error = e
+            self._stop = Exit(ExitKind.SLICE_END, 0, pc)
+            self._uc.emu_stop()
+            return
+        if nxt is None:
+            self._stop = Exit(ExitKind.SLICE_END, 0, self._rd(A.UC_ARM64_REG_PC))
+            self._uc.emu_stop()
+            return
+        self._base += counter
+        self._count = nxt
+        self.inline_traps += 1
+        ctypes.c_uint64.from_address(self._counter_addr + 8).value = self._base + nxt
 
     def _mrs(self, uc, reg, cp, _ud):
         try:

@@ -11,9 +11,9 @@ below reads the same for one vCPU or eight. At the top of each turn ``_next_vcpu
 picks which vCPU the turn is for (a no-op with one vCPU).
 
 Fast path (the default; ``APFLAB_SLOW_PATH=1`` in the environment when a ``Host`` is made
-turns it off): a trapped GIC or timer register is emulated inside the engine's hook, and the
-run goes on without ending ``emu_start`` when this loop would only have started the next
-slice (``_sysreg_continue``). The slice is accounted at the trap and the next one ends where
+turns it off): a trapped GIC register or a hypercall is handled inside the engine's hook, and
+the run goes on without ending ``emu_start`` when this loop would only have started the next
+slice (``_exit_continue``). One vCPU only; timer registers always exit (see cpu.py). The slice is accounted at the trap and the next one ends where
 the slow path's would, so virtual time and the trace are the same byte for byte
 (tests/test_fast_path.py compares both paths on every scenario and design).
 """
@@ -239,7 +239,7 @@ class Host:
         vcpu.is_mapped = self.stage2.is_mapped
         vcpu.clock_at_retired = self._clock_mid_slice
         if self.fast_path and count == 1:       # several vCPUs: every trap takes the slow path
-            vcpu.sysreg_continue = self._sysreg_continue
+            vcpu.exit_continue = self._exit_continue
         if self.stage2.policy == "clock":
             # The referenced bit: a TLB fill is the engine's only sign of an access (every
             # eviction flushes the whole TLB, so a bit means "used since the last eviction").
@@ -755,17 +755,20 @@ class Host:
             count = min(count, -(-self.sched.budget_ns(self._cur) // self.ns_per_insn))
         return count
 
-    def _sysreg_continue(self, ex: C.Exit) -> int | None:
-        """Fast path, inside the engine's sysreg hook: what the loop does after a SYSREG exit.
+    def _exit_continue(self, ex: C.Exit) -> int | None:
+        """Fast path, inside the engine's hook: what the loop does after a SYSREG or HVC exit.
 
-        The slice so far is accounted and an SGI charged exactly as after the exit. Then,
+        The slice so far is accounted and the exit handled (an SGI charged, the hypercall
+        served) exactly as after the exit. Then,
         when the top of the loop would do nothing but start the next slice (one vCPU, no
         event due, no timer line change, every service ``quiet``, no IRQ to take, no hold,
         budget left), the next slice's count is returned and the engine runs on; otherwise
         None, the run ends here and the loop's top does its work as on the slow path.
         """
         self._account_slice(ex, self._slice_el0)
-        if ex.sysreg == ICC_SGI1R_EL1:
+        if ex.kind is ExitKind.HVC:
+            self._hypercall(ex)
+        elif ex.sysreg == ICC_SGI1R_EL1:
             self.charge(self.costs.sgi_ns, what="sgi_trap")
         st = self._cur
         vcpu = st.vcpu

@@ -1,6 +1,7 @@
-"""The fast path (trapped GIC registers emulated inside the engine's hook) changes nothing a
-run produces: the same trace digest, the same final guest state, on every scenario and every
-delivery design, with one vCPU and with two. ``APFLAB_SLOW_PATH=1`` selects the slow path."""
+"""The fast path (trapped GIC registers and hypercalls handled inside the engine's
+hooks) changes nothing a run produces: the same trace digest, the same final guest state, on
+every scenario and every delivery design, with one vCPU and with two. ``APFLAB_SLOW_PATH=1``
+selects the slow path."""
 
 import hashlib
 
