@@ -13,9 +13,10 @@ picks which vCPU the turn is for (a no-op with one vCPU).
 Fast path (the default; ``APFLAB_SLOW_PATH=1`` in the environment when a ``Host`` is made
 turns it off): a trapped GIC register or a hypercall is handled inside the engine's hook, and
 the run goes on without ending ``emu_start`` when this loop would only have started the next
-slice (``_exit_continue``). One vCPU only; timer registers always exit (see cpu.py). The slice is accounted at the trap and the next one ends where
-the slow path's would, so virtual time and the trace are the same byte for byte
-(tests/test_fast_path.py compares both paths on every scenario and design).
+slice (``_exit_continue``). One vCPU only; timer registers always exit (see cpu.py). The
+slice is accounted at the trap and the next one ends where the slow path's would, so virtual
+time and the trace are the same byte for byte (tests/test_fast_path.py compares both paths
+on every scenario and design).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class Registration:
     - ``page_not_present(vcpu, fault)``: the asynchronous path for a stage-2 fault needing
       I/O; returns None when it took the fault, else the fallback reason.
     - ``quiet(vcpu)``: True when ``before_entry(vcpu)`` would do nothing now. Lets the fast
-      path run on past a trapped register; a service with ``before_entry`` but no ``quiet``
+      path run on past a trapped register or a hypercall; a service with ``before_entry`` but no ``quiet``
       keeps every trap on the slow path.
     """
     name: str
