@@ -37,10 +37,12 @@ try:   # the binding's C library handle: plain 64-bit registers without its per-
     from unicorn.unicorn_py3.unicorn import uclib as _uclib
 except ImportError:  # pragma: no cover - other binding layouts fall back to Uc.reg_read
     _uclib = None
-try:   # the MRS/MSR hook's C signature: called without the binding's per-call wrapper
+try:   # the MRS/MSR hook's C signature and the CP register struct, used without the
+       # binding's per-call wrappers
     from unicorn.unicorn_py3.arch.arm64 import HOOK_INSN_SYS_CFUNC as _SYS_CFUNC
+    from unicorn.unicorn_py3.arch.arm64 import UcRegCP64 as _UcRegCP64
 except ImportError:  # pragma: no cover
-    _SYS_CFUNC = None
+    _SYS_CFUNC = _UcRegCP64 = None
 # The hook's register description (the binding's UcRegCP64): crn, crm, op0, op1, op2, val.
 _CP_REG = struct.Struct("<5I4xQ")
 
@@ -233,6 +235,13 @@ class Vcpu:
             self._rd, self._wr = self._rd_fast, self._wr_fast
         else:
             self._rd, self._wr = uc.reg_read, uc.reg_write
+        if _uclib is not None and _UcRegCP64 is not None:
+            self._cp = _UcRegCP64()
+            self._cp_ref = ctypes.byref(self._cp)
+            self._cpr_rd, self._cpr_wr = self._cpr_rd_fast, self._cpr_wr_fast
+        else:  # pragma: no cover - other binding layouts
+            self._cpr_rd = lambda key: uc.cpr_read(*key)
+            self._cpr_wr = lambda key, value: uc.cpr_write(*key, value)
 
         # Callbacks set by the host.
         self.is_mapped: Callable[[int], bool] = lambda ipa: True
@@ -296,15 +305,28 @@ class Vcpu:
         self._u64.value = value
         _uclib.uc_reg_write(self._uc._uch, rid, self._u64_ref)
 
+    def _cpr_rd_fast(self, key: SysregKey) -> int:
+        cp = self._cp
+        cp.op0, cp.op1, cp.crn, cp.crm, cp.op2 = key
+        cp.val = 0
+        _uclib.uc_reg_read(self._uch, A.UC_ARM64_REG_CP_REG, self._cp_ref)
+        return cp.val
+
+    def _cpr_wr_fast(self, key: SysregKey, value: int) -> None:
+        cp = self._cp
+        cp.op0, cp.op1, cp.crn, cp.crm, cp.op2 = key
+        cp.val = value
+        _uclib.uc_reg_write(self._uch, A.UC_ARM64_REG_CP_REG, self._cp_ref)
+
     def _read_id(self, rid) -> int:
         # Registers unicorn has no constant for (SPSR_EL1, SCTLR_EL1) go by encoding.
         if isinstance(rid, tuple):
-            return self._uc.cpr_read(*rid)
+            return self._cpr_rd(rid)
         return self._rd(rid)
 
     def _write_id(self, rid, value: int) -> None:
         if isinstance(rid, tuple):
-            self._uc.cpr_write(*rid, value)
+            self._cpr_wr(rid, value)
         else:
             self._wr(rid, value)
 
@@ -363,7 +385,6 @@ class Vcpu:
         Quirk: unicorn keeps the live SP in one register and the banks apart;
         a PSTATE write swaps neither and leaves the cached EL flags stale.
         """
-        uc = self._uc
         old_bank = self._live_sp_name()
         sp = self._rd(A.UC_ARM64_REG_SP)
         self._wr(_SYSREGS[old_bank], sp)
@@ -371,7 +392,7 @@ class Vcpu:
         new_bank = self._live_sp_name()
         self._wr(A.UC_ARM64_REG_SP, self._rd(_SYSREGS[new_bank]))
         # Any CP register write rebuilds the cached hflags (EL, SP select).
-        uc.cpr_write(*_TPIDR_EL0, uc.cpr_read(*_TPIDR_EL0))
+        self._cpr_wr(_TPIDR_EL0, self._cpr_rd(_TPIDR_EL0))
 
     def regs(self) -> dict[str, int]:
         """A plain snapshot of every named register (for widgets and traces)."""
@@ -444,9 +465,8 @@ class Vcpu:
         pstate = self.pstate
         from_lower = ((pstate >> 2) & 3) == 0
         vector = self.reg("vbar_el1") + self.vector_base(from_lower) + kind
-        uc = self._uc
         self._wr(A.UC_ARM64_REG_ELR_EL1, return_pc)
-        uc.cpr_write(*_SYSREGS["spsr_el1"], pstate & 0xFFFFFFFF)
+        self._cpr_wr(_SYSREGS["spsr_el1"], pstate & 0xFFFFFFFF)
         if esr is not None:
             self._wr(A.UC_ARM64_REG_ESR_EL1, esr)
         if far is not None:
@@ -664,7 +684,7 @@ class Vcpu:
             if kind == "eret":
                 # Instructions so far (this one included) ran at EL1; what follows
                 # runs at the EL in SPSR_EL1.
-                spsr = uc.cpr_read(*_SYSREGS["spsr_el1"])
+                spsr = self._cpr_rd(_SYSREGS["spsr_el1"])
                 self._el_changes.append((self._done_before + self._counter() - self._base, (spsr >> 2) & 3))
         except BaseException as e:
             self._hook_error = e
@@ -675,7 +695,7 @@ class Vcpu:
         if not self._rd(A.UC_ARM64_REG_PSTATE) & PSTATE_I:
             return False
         if kind == "eret":
-            return not self._uc.cpr_read(*_SYSREGS["spsr_el1"]) & PSTATE_I
+            return not self._cpr_rd(_SYSREGS["spsr_el1"]) & PSTATE_I
         if kind == "daifclr":
             return True
         rt = self.insn_word(address) & 0x1F      # msr daif, xt: the new DAIF is xt's bits 9:6
