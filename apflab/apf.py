@@ -128,7 +128,7 @@ class ApfService:
         svc = cls(host, None)
         svc.delivery = make_delivery(delivery, svc, **options)
         host.register(Registration("apf", svc, fids=(VENDOR_FIRST, VENDOR_LAST),
-                                   before_entry=svc.before_entry,
+                                   before_entry=svc.before_entry, quiet=svc.quiet,
                                    holds=getattr(svc.delivery, "holds", None),
                                    page_not_present=svc.page_not_present))
         return svc
@@ -284,6 +284,10 @@ class ApfService:
         """Run-loop hook: the guest may have freed the shared slot since the last notice."""
         if self.ready and self.notified is None:
             self.poll()
+
+    def quiet(self, vcpu) -> bool:
+        """``before_entry`` would do nothing now (the host's fast path asks)."""
+        return not self.ready or self.notified is not None
 
     def poll(self) -> None:
         """Deliver the next "page ready" if the slot is free and nothing awaits an ack."""

@@ -37,6 +37,14 @@ try:   # the binding's C library handle: plain 64-bit registers without its per-
     from unicorn.unicorn_py3.unicorn import uclib as _uclib
 except ImportError:  # pragma: no cover - other binding layouts fall back to Uc.reg_read
     _uclib = None
+try:   # the MRS/MSR hook's C signature and the CP register struct, used without the
+       # binding's per-call wrappers
+    from unicorn.unicorn_py3.arch.arm64 import HOOK_INSN_SYS_CFUNC as _SYS_CFUNC
+    from unicorn.unicorn_py3.arch.arm64 import UcRegCP64 as _UcRegCP64
+except ImportError:  # pragma: no cover
+    _SYS_CFUNC = _UcRegCP64 = None
+# The hook's register description (the binding's UcRegCP64): crn, crm, op0, op1, op2, val.
+_CP_REG = struct.Struct("<5I4xQ")
 
 from .asm import disassemble_one
 from .errors import HookError, InvariantError
@@ -220,12 +228,20 @@ class Vcpu:
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])
         self._counter_addr = uc._uch.value + _InsnCounter.offset()
+        self._uch = uc._uch
         self._u64 = ctypes.c_uint64()
         self._u64_ref = ctypes.byref(self._u64)
         if _uclib is not None:
             self._rd, self._wr = self._rd_fast, self._wr_fast
         else:
             self._rd, self._wr = uc.reg_read, uc.reg_write
+        if _uclib is not None and _UcRegCP64 is not None:
+            self._cp = _UcRegCP64()
+            self._cp_ref = ctypes.byref(self._cp)
+            self._cpr_rd, self._cpr_wr = self._cpr_rd_fast, self._cpr_wr_fast
+        else:  # pragma: no cover - other binding layouts
+            self._cpr_rd = lambda key: uc.cpr_read(*key)
+            self._cpr_wr = lambda key, value: uc.cpr_write(*key, value)
 
         # Callbacks set by the host.
         self.is_mapped: Callable[[int], bool] = lambda ipa: True
@@ -233,6 +249,11 @@ class Vcpu:
         self.sysreg_read: dict[SysregKey, Callable[[], int]] = {}
         self.sysreg_write: dict[SysregKey, Callable[[int], None]] = {}
         self.clock_at_retired: Callable[[int], None] = lambda retired: None
+        # Fast path (set by the host): called inside the sysreg or interrupt hook with the
+        # SYSREG or HVC exit the slow path would have returned; answers the next slice's
+        # instruction count when the host's loop would just run on, or None to end the run
+        # there (see ``_sys_inline``, ``_hvc_inline``).
+        self.exit_continue: Callable[[Exit], int | None] | None = None
 
         self._hook_error: BaseException | None = None
         self._stop: Exit | None = None
@@ -246,13 +267,32 @@ class Vcpu:
         self._stepping = False
         self._sysreg = None
         self._done_before = 0
+        self._base = 0              # engine count at the start of the current (virtual) slice
+        self._host_error: BaseException | None = None
+        self.inline_traps = 0       # traps the fast path handled without ending emu_start
+        # Per trapped register: did the engine step PC past it itself (a register the CPU
+        # model implements) or not (ICC_*)? Learnt from slow-path traps. Only registers never
+        # seen stepped are emulated inside the hook: for the ones the model implements (the
+        # timer's), where the engine stops after the hook depends on the translation block
+        # (sometimes PC is past the instruction, sometimes not), which the slow path's count
+        # of retired instructions follows and the hook cannot see.
+        self._stepped: dict[SysregKey, bool] = {}
 
         self._clrex_mapped = False
         self._in_clrex = False
         uc.hook_add(UC_HOOK_TLB_FILL, self._tlb_fill)
         uc.hook_add(UC_HOOK_INTR, self._intr)
-        uc.hook_add(UC_HOOK_INSN, self._mrs, None, 1, 0, A.UC_ARM64_INS_MRS)
-        uc.hook_add(UC_HOOK_INSN, self._msr, None, 1, 0, A.UC_ARM64_INS_MSR)
+        if _SYS_CFUNC is not None and _uclib is not None:
+            # Every MRS/MSR reaches this hook (most are not trapped): the binding's wrapper
+            # and its register object cost more than the work, so the C callback is ours.
+            self._sys_cbs = []
+            for insn, is_write in ((A.UC_ARM64_INS_MRS, False), (A.UC_ARM64_INS_MSR, True)):
+                cb = _SYS_CFUNC(lambda _h, reg, ptr, _ud, w=is_write: self._sys_raw(reg, ptr, w))
+                self._sys_cbs.append(cb)
+                uc._Uc__do_hook_add(UC_HOOK_INSN, cb, 1, 0, ctypes.c_int(insn))
+        else:  # pragma: no cover - other binding layouts
+            uc.hook_add(UC_HOOK_INSN, self._mrs, None, 1, 0, A.UC_ARM64_INS_MRS)
+            uc.hook_add(UC_HOOK_INSN, self._msr, None, 1, 0, A.UC_ARM64_INS_MSR)
 
     # ------------------------------------------------------------------ registers
     def _rd_fast(self, rid: int) -> int:
@@ -265,15 +305,28 @@ class Vcpu:
         self._u64.value = value
         _uclib.uc_reg_write(self._uc._uch, rid, self._u64_ref)
 
+    def _cpr_rd_fast(self, key: SysregKey) -> int:
+        cp = self._cp
+        cp.op0, cp.op1, cp.crn, cp.crm, cp.op2 = key
+        cp.val = 0
+        _uclib.uc_reg_read(self._uch, A.UC_ARM64_REG_CP_REG, self._cp_ref)
+        return cp.val
+
+    def _cpr_wr_fast(self, key: SysregKey, value: int) -> None:
+        cp = self._cp
+        cp.op0, cp.op1, cp.crn, cp.crm, cp.op2 = key
+        cp.val = value
+        _uclib.uc_reg_write(self._uch, A.UC_ARM64_REG_CP_REG, self._cp_ref)
+
     def _read_id(self, rid) -> int:
         # Registers unicorn has no constant for (SPSR_EL1, SCTLR_EL1) go by encoding.
         if isinstance(rid, tuple):
-            return self._uc.cpr_read(*rid)
+            return self._cpr_rd(rid)
         return self._rd(rid)
 
     def _write_id(self, rid, value: int) -> None:
         if isinstance(rid, tuple):
-            self._uc.cpr_write(*rid, value)
+            self._cpr_wr(rid, value)
         else:
             self._wr(rid, value)
 
@@ -332,7 +385,6 @@ class Vcpu:
         Quirk: unicorn keeps the live SP in one register and the banks apart;
         a PSTATE write swaps neither and leaves the cached EL flags stale.
         """
-        uc = self._uc
         old_bank = self._live_sp_name()
         sp = self._rd(A.UC_ARM64_REG_SP)
         self._wr(_SYSREGS[old_bank], sp)
@@ -340,7 +392,7 @@ class Vcpu:
         new_bank = self._live_sp_name()
         self._wr(A.UC_ARM64_REG_SP, self._rd(_SYSREGS[new_bank]))
         # Any CP register write rebuilds the cached hflags (EL, SP select).
-        uc.cpr_write(*_TPIDR_EL0, uc.cpr_read(*_TPIDR_EL0))
+        self._cpr_wr(_TPIDR_EL0, self._cpr_rd(_TPIDR_EL0))
 
     def regs(self) -> dict[str, int]:
         """A plain snapshot of every named register (for widgets and traces)."""
@@ -413,9 +465,8 @@ class Vcpu:
         pstate = self.pstate
         from_lower = ((pstate >> 2) & 3) == 0
         vector = self.reg("vbar_el1") + self.vector_base(from_lower) + kind
-        uc = self._uc
         self._wr(A.UC_ARM64_REG_ELR_EL1, return_pc)
-        uc.cpr_write(*_SYSREGS["spsr_el1"], pstate & 0xFFFFFFFF)
+        self._cpr_wr(_SYSREGS["spsr_el1"], pstate & 0xFFFFFFFF)
         if esr is not None:
             self._wr(A.UC_ARM64_REG_ESR_EL1, esr)
         if far is not None:
@@ -494,16 +545,34 @@ class Vcpu:
         self._sysreg = None
         self._unmask_at = None
         self._done_before = done_before
-        try:
-            self._uc.emu_start(self.pc, 0, count=count)   # `until` unused: exits are on
-            err = None
-        except UcError as e:
-            err = e
+        self._base = 0
+        self._count = count
+        if _uclib is not None:
+            # Straight to the C library (the binding's emu_start adds only a wrapper; every
+            # hook here catches its own exceptions): `until` unused, exits are on.
+            status = _uclib.uc_emu_start(self._uch, self._rd(A.UC_ARM64_REG_PC), 0, 0, count)
+            err = UcError(status) if status else None
+        else:  # pragma: no cover - other binding layouts
+            try:
+                self._uc.emu_start(self.pc, 0, count=count)
+                err = None
+            except UcError as e:
+                err = e
+        if self._host_error is not None:      # the host's own error, raised as the slow path would
+            exc = self._host_error
+            self._host_error = None
+            raise exc
         if self._hook_error is not None:
             exc = self._hook_error
             self._hook_error = None
             raise HookError(f"error inside a vCPU hook at pc={self.pc:#x}: {exc!r}") from exc
-        counter = self._counter()
+        if self._stop is not None and self._stop.kind is ExitKind.SLICE_END:
+            # The fast path handled a sysreg trap and the host wants its loop: nothing ran since.
+            stop = self._stop
+            self.pc = stop.pc
+            return stop
+        counter = self._counter() - self._base
+        count = self._count
         if err is not None:
             if err.errno == UC_ERR_EXCEPTION and self._abort is not None:
                 ipa, access = self._abort
@@ -550,6 +619,7 @@ class Vcpu:
         """
         key, is_write, value, reg_id, insn_pc = self._sysreg
         stepped = self.pc != insn_pc
+        self._stepped[key] = stepped or self._stepped.get(key, False)
         retired = counter - 1 + (0 if stepped else 1)
         self.clock_at_retired(self._done_before + retired - 1)
         if is_write:
@@ -587,6 +657,9 @@ class Vcpu:
             if intno in (_INTNO_HVC, _INTNO_SWI, _INTNO_SMC):
                 imm = (self.insn_word(pc - 4) >> 5) & 0xFFFF
                 kind = {_INTNO_HVC: ExitKind.HVC, _INTNO_SWI: ExitKind.SVC, _INTNO_SMC: ExitKind.SMC}[intno]
+                if kind is ExitKind.HVC and self.exit_continue is not None and not self._stepping:
+                    self._hvc_inline(pc, imm)
+                    return
                 self._stop = Exit(kind, 0, pc, imm=imm)
             elif intno == _INTNO_BKPT:
                 self._stop = Exit(ExitKind.BRK, 0, pc, imm=(self.insn_word(pc) >> 5) & 0xFFFF)
@@ -611,8 +684,8 @@ class Vcpu:
             if kind == "eret":
                 # Instructions so far (this one included) ran at EL1; what follows
                 # runs at the EL in SPSR_EL1.
-                spsr = uc.cpr_read(*_SYSREGS["spsr_el1"])
-                self._el_changes.append((self._done_before + self._counter(), (spsr >> 2) & 3))
+                spsr = self._cpr_rd(_SYSREGS["spsr_el1"])
+                self._el_changes.append((self._done_before + self._counter() - self._base, (spsr >> 2) & 3))
         except BaseException as e:
             self._hook_error = e
             uc.emu_stop()
@@ -622,24 +695,102 @@ class Vcpu:
         if not self._rd(A.UC_ARM64_REG_PSTATE) & PSTATE_I:
             return False
         if kind == "eret":
-            return not self._uc.cpr_read(*_SYSREGS["spsr_el1"]) & PSTATE_I
+            return not self._cpr_rd(_SYSREGS["spsr_el1"]) & PSTATE_I
         if kind == "daifclr":
             return True
         rt = self.insn_word(address) & 0x1F      # msr daif, xt: the new DAIF is xt's bits 9:6
         return rt == 31 or not self.x(rt) & PSTATE_I
 
-    def _sys(self, cp, reg_id: int, is_write: bool) -> int:
-        key = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+    def _sys(self, key: SysregKey, value: int, reg_id: int, is_write: bool) -> int:
         if key not in (self.sysreg_write if is_write else self.sysreg_read):
             return 0  # not ours: the CPU model executes it
+        if self.exit_continue is not None and self._stepped.get(key) is False and not self._stepping:
+            return self._sys_inline(key, is_write, value, reg_id)
         # Stop here; ``_finish_sysreg`` emulates it with the clock at this instruction.
-        self._sysreg = (key, is_write, cp.val, reg_id, self._rd(A.UC_ARM64_REG_PC))
+        self._sysreg = (key, is_write, value, reg_id, self._rd(A.UC_ARM64_REG_PC))
         self._uc.emu_stop()
         return 1
 
+    def _sys_inline(self, key: SysregKey, is_write: bool, value: int, reg_id: int) -> int:
+        """Fast path: emulate the trapped register without ending ``emu_start``.
+
+        Does what ``_finish_sysreg`` and the host loop would do after a SYSREG exit (the
+        host accounts the slice and charges an SGI at this instruction) and then asks
+        ``exit_continue`` for the next slice's count: the engine's own limit
+        (``uc->emu_count``, next to the counter) is moved so the run ends exactly where
+        the slow path's next slice would. When the host's loop has work to do here (an
+        IRQ to take, an event due) the run ends instead, as the slow path's would.
+        Only for registers the CPU model lacks (ICC_*), whose trap leaves PC on the
+        instruction: PC is stepped by hand and the engine's count stays exact.
+        """
+        uc = self._uc
+        insn_pc = self._rd(A.UC_ARM64_REG_PC)
+        counter = self._counter() - self._base        # this instruction included
+        try:
+            self.clock_at_retired(counter - 1)
+            if is_write:
+                self.sysreg_write[key](value)
+            else:
+                self._wr(reg_id, self.sysreg_read[key]() & (1 << 64) - 1)
+            ex = Exit(ExitKind.SYSREG, counter, insn_pc + 4, sysreg=key, segments=self._el_changes)
+            self._el_changes = []
+            nxt = self.exit_continue(ex)
+        except BaseException as e:
+            self._host_error = e
+            self._stop = Exit(ExitKind.SLICE_END, 0, insn_pc + 4)
+            uc.emu_stop()
+            return 1
+        self._wr(A.UC_ARM64_REG_PC, insn_pc + 4)       # the engine lacks it: step by hand
+        if nxt is None:
+            self._stop = Exit(ExitKind.SLICE_END, 0, insn_pc + 4)
+            uc.emu_stop()
+            return 1
+        self._base += counter
+        self._count = nxt
+        self.inline_traps += 1
+        # uc->emu_count: the engine stops once its counter passes it.
+        ctypes.c_uint64.from_address(self._counter_addr + 8).value = self._base + nxt
+        return 1
+
+    def _sys_raw(self, reg_id: int, ptr: int, is_write: bool) -> int:
+        try:
+            crn, crm, op0, op1, op2, value = _CP_REG.unpack(ctypes.string_at(ptr, _CP_REG.size))
+            return self._sys((op0, op1, crn, crm, op2), value, reg_id, is_write)
+        except BaseException as e:
+            self._hook_error = e
+            self._uc.emu_stop()
+            return 1
+
+    def _hvc_inline(self, pc: int, imm: int) -> None:
+        """Fast path: a hypercall served inside the engine's interrupt hook.
+
+        The hook runs between translation blocks (the engine is taking the exception), so
+        the host may change registers, PC and PSTATE here as after a stop. The engine's count
+        already includes the hvc, as at a stop. As for a trapped register, the host accounts
+        the slice, serves the call and answers the next slice's count, or None to stop.
+        """
+        counter = self._counter() - self._base
+        ex = Exit(ExitKind.HVC, counter, pc, imm=imm, segments=self._el_changes)
+        self._el_changes = []
+        try:
+            nxt = self.exit_continue(ex)
+        except BaseException as e:
+            self._host_error = e
+            self._stop = Exit(ExitKind.SLICE_END, 0, pc)
+            self._uc.emu_stop()
+            return
+        if nxt is None:
+            self._stop = Exit(ExitKind.SLICE_END, 0, self._rd(A.UC_ARM64_REG_PC))
+            self._uc.emu_stop()
+            return
+        self._base += counter
+        self._count = nxt
+        self.inline_traps += 1
+        ctypes.c_uint64.from_address(self._counter_addr + 8).value = self._base + nxt
+
     def _mrs(self, uc, reg, cp, _ud):
         try:
-            return self._sys(cp, reg, False)
+            return self._sys((cp.op0, cp.op1, cp.crn, cp.crm, cp.op2), cp.val, reg, False)
         except BaseException as e:
             self._hook_error = e
             uc.emu_stop()
@@ -647,7 +798,7 @@ class Vcpu:
 
     def _msr(self, uc, reg, cp, _ud):
         try:
-            return self._sys(cp, reg, True)
+            return self._sys((cp.op0, cp.op1, cp.crn, cp.crm, cp.op2), cp.val, reg, True)
         except BaseException as e:
             self._hook_error = e
             uc.emu_stop()

@@ -9,17 +9,26 @@ With several vCPUs (``smp.py``) each has its own clock, GIC CPU interface and ti
 ``vcpu``, ``gic``, ``timer``, ``now`` and ``halted`` name the current one's, so the loop
 below reads the same for one vCPU or eight. At the top of each turn ``_next_vcpu``
 picks which vCPU the turn is for (a no-op with one vCPU).
+
+Fast path (the default; ``APFLAB_SLOW_PATH=1`` in the environment when a ``Host`` is made
+turns it off): a trapped GIC register or a hypercall is handled inside the engine's hook, and
+the run goes on without ending ``emu_start`` when this loop would only have started the next
+slice (``_exit_continue``). One vCPU only; timer registers always exit (see cpu.py). The
+slice is accounted at the trap and the next one ends where the slow path's would, so virtual
+time and the trace are the same byte for byte (tests/test_fast_path.py compares both paths
+on every scenario and design).
 """
 
 from __future__ import annotations
 
 import heapq
+import os
 import random
 from dataclasses import dataclass, field, asdict
 from typing import Callable
 
 from . import cpu as C
-from .cpu import ExitKind, Vcpu, decode_esr
+from .cpu import PSTATE_I, ExitKind, Vcpu, decode_esr
 from .errors import BudgetExceeded, GuestError, GuestFault, InvariantError, ParameterError
 from .irq import ICC_SGI1R_EL1, GicCpu
 from .pcpu import DEFAULT_TIME_SLICE_NS, HostScheduler
@@ -95,6 +104,9 @@ class Registration:
       waiting for a page); checked after interrupts had their chance to be taken.
     - ``page_not_present(vcpu, fault)``: the asynchronous path for a stage-2 fault needing
       I/O; returns None when it took the fault, else the fallback reason.
+    - ``quiet(vcpu)``: True when ``before_entry(vcpu)`` would do nothing now. Lets the fast
+      path run on past a trapped register or a hypercall; a service with ``before_entry`` but no ``quiet``
+      keeps every trap on the slow path.
     """
     name: str
     service: object
@@ -107,6 +119,12 @@ class Registration:
     in_handler: Callable[[], bool] | None = None
     holds: Callable[[Vcpu], bool] | None = None
     page_not_present: Callable[[Vcpu, Fault], str | None] | None = None
+    quiet: Callable[[Vcpu], bool] | None = None
+
+
+def fast_path_default() -> bool:
+    """The fast path is on unless ``APFLAB_SLOW_PATH`` is set to something other than 0."""
+    return os.environ.get("APFLAB_SLOW_PATH", "0") in ("", "0")
 
 
 @dataclass
@@ -171,10 +189,15 @@ class Host:
         self._page_not_present: Callable[[Vcpu, Fault], str | None] | None = None
         self._slice_t0 = 0
         self._holders: list[Callable[[Vcpu], bool]] = []
+        self._quiet: list[Callable[[Vcpu], bool]] = []
+        self._all_quiet = True       # every before_entry hook has a ``quiet`` partner
+        self._slice_el0 = 0
+        self._run_ctx: tuple | None = None   # (budget_end, until, until_ns) inside ``run``
         self.stalling = False     # inside stall_until: the vCPU thread waits in the host
         # pvlock.py: told when a vCPU is about to run guest code ("running"), loses its pCPU
         # at the end of a slice ("preempted"), or waits in the host ("stalled").
         self.on_run_state: Callable[[VcpuState, str], None] | None = None
+        self.fast_path = fast_path_default()
 
         self.cpus = [self._attach(i, v, len(vcpus)) for i, v in enumerate(vcpus)]
         self.cpus[0].power = Power.ON          # the boot vCPU; the others wait for PSCI CPU_ON
@@ -219,6 +242,8 @@ class Host:
         vcpu.sysreg_write = writes
         vcpu.is_mapped = self.stage2.is_mapped
         vcpu.clock_at_retired = self._clock_mid_slice
+        if self.fast_path and count == 1:       # several vCPUs: every trap takes the slow path
+            vcpu.exit_continue = self._exit_continue
         if self.stage2.policy == "clock":
             # The referenced bit: a TLB fill is the engine's only sign of an access (every
             # eviction flushes the whole TLB, so a bit means "used since the last eviction").
@@ -275,9 +300,12 @@ class Host:
                 raise InvariantError("only one service may own the page-not-present path")
             self._page_not_present = reg.page_not_present
         for hook, hooks in ((reg.before_entry, self._before_entry), (reg.wakes, self._wakers),
-                            (reg.in_handler, self._in_handler), (reg.holds, self._holders)):
+                            (reg.in_handler, self._in_handler), (reg.holds, self._holders),
+                            (reg.quiet, self._quiet)):
             if hook is not None:
                 hooks.append(hook)
+        if reg.before_entry is not None and reg.quiet is None:
+            self._all_quiet = False
         self.services[reg.name] = reg
 
     def service(self, name: str):
@@ -321,6 +349,8 @@ class Host:
             hooks["page_not_present"] = lambda v, f: mine(v).page_not_present(v, f)
         if first.in_handler is not None:
             hooks["in_handler"] = lambda: captured[self._cur.index].in_handler()
+        if first.quiet is not None:
+            hooks["quiet"] = lambda v: mine(v).quiet(v)
         instances = [reg.service for reg in captured]
         self.register(Registration(first.name, _PerVcpu(first.service.name, instances, index),
                                    fids=first.fids, per_vcpu=True, **hooks))
@@ -648,6 +678,14 @@ class Host:
         if not isinstance(max_instructions, int) or isinstance(max_instructions, bool) or max_instructions <= 0:
             raise ParameterError(f"max_instructions must be a positive int, got {max_instructions!r}")
         budget_end = self.retired + max_instructions
+        self._run_ctx = (budget_end, until, until_ns)
+        try:
+            return self._loop(max_instructions, budget_end, stop_at_brk0, budget_error, until_ns, until)
+        finally:
+            self._run_ctx = None
+
+    def _loop(self, max_instructions: int, budget_end: int, stop_at_brk0: bool, budget_error: bool,
+              until_ns: int | None, until: Callable[[], bool] | None) -> RunStop | None:
         while True:
             stop = self._next_vcpu()       # several vCPUs: whose turn it is (smp.pick)
             if stop is not None:
@@ -678,29 +716,15 @@ class Host:
                                          pc=pc, insn=vcpu.disasm_at(pc))
                 raise BudgetExceeded(f"guest ran past max_instructions={max_instructions}",
                                      pc=pc, insn=vcpu.disasm_at(pc))
-            count = min(MAX_SLICE, left)
-            nxt = self.next_event_ns()
-            if until_ns is not None:
-                nxt = until_ns if nxt is None else min(nxt, until_ns)
-            if nxt is not None:
-                count = min(count, max(1, -(-(nxt - self.now) // self.ns_per_insn)))
-            # Pending but masked by PSTATE.I: the run ends right after the instruction
-            # that unmasks it (eret, msr daifclr/daif), where the IRQ is then taken.
-            vcpu.irq_waiting = self.gic.signalling()
-            if self.smp:
-                count = min(count, self.quantum)   # then the next vCPU's turn
-            if self.sched is not None:             # ...and not past its pCPU time slice
-                budget = self.sched.budget_ns(self._cur)
-                if budget is None:
-                    continue      # released its pCPU while held in the host: ask again
-                count = min(count, -(-budget // self.ns_per_insn))
-
+            count = self._slice_count(vcpu, left, until_ns)
+            if count is None:
+                continue      # released its pCPU while held in the host: ask again
             if self.on_run_state is not None:
                 self.on_run_state(self._cur, "running")
-            el0 = vcpu.el
+            self._slice_el0 = vcpu.el
             self._slice_t0 = self.now
             ex = vcpu.run(count)
-            self._account_slice(ex, el0)
+            self._account_slice(ex, self._slice_el0)   # the fast path may have moved both
 
             match ex.kind:
                 case ExitKind.SLICE_END:
@@ -729,6 +753,71 @@ class Host:
                     self._stage2_abort(ex)
                 case _:
                     raise InvariantError(f"unhandled exit {ex.kind}")
+
+    def _slice_count(self, vcpu: Vcpu, left: int, until_ns: int | None) -> int | None:
+        """Instructions the next slice may run: up to the next event, the budget, the quantum."""
+        count = min(MAX_SLICE, left)
+        nxt = self.next_event_ns()
+        if until_ns is not None:
+            nxt = until_ns if nxt is None else min(nxt, until_ns)
+        if nxt is not None:
+            count = min(count, max(1, -(-(nxt - self.now) // self.ns_per_insn)))
+        # Pending but masked by PSTATE.I: the run ends right after the instruction
+        # that unmasks it (eret, msr daifclr/daif), where the IRQ is then taken.
+        vcpu.irq_waiting = self.gic.signalling()
+        if self.smp:
+            count = min(count, self.quantum)   # then the next vCPU's turn
+        if self.sched is not None:             # ...and not past its pCPU time slice
+            budget = self.sched.budget_ns(self._cur)
+            if budget is None:
+                return None                    # it holds no pCPU (released while held)
+            count = min(count, -(-budget // self.ns_per_insn))
+        return count
+
+    def _exit_continue(self, ex: C.Exit) -> int | None:
+        """Fast path, inside the engine's hook: what the loop does after a SYSREG or HVC exit.
+
+        The slice so far is accounted and the exit handled (an SGI charged, the hypercall
+        served) exactly as after the exit. Then,
+        when the top of the loop would do nothing but start the next slice (one vCPU, no
+        event due, no timer line change, every service ``quiet``, no IRQ to take, no hold,
+        budget left), the next slice's count is returned and the engine runs on; otherwise
+        None, the run ends here and the loop's top does its work as on the slow path.
+        """
+        self._account_slice(ex, self._slice_el0)
+        if ex.kind is ExitKind.HVC:
+            self._hypercall(ex)
+        elif ex.sysreg == ICC_SGI1R_EL1:
+            self.charge(self.costs.sgi_ns, what="sgi_trap")
+        st = self._cur
+        vcpu = st.vcpu
+        self._slice_el0 = vcpu.el
+        self._slice_t0 = self.now
+        ctx = self._run_ctx
+        if (ctx is None or not self._all_quiet or len(self.cpus) != 1 or self.sched is not None
+                or self.on_run_state is not None):     # pvlock wants every slice's start
+            return None
+        budget_end, until, until_ns = ctx
+        now = st.now
+        if (until is not None or self.system_off or st.power is Power.OFF or st.halted
+                or (self._events and self._events[0].t_ns <= now)
+                or self.stage2.remote is not None    # the post-copy stream moves at every turn
+                or (until_ns is not None and now >= until_ns)):
+            return None
+        gic = st.gic
+        if gic.line[TIMER_PPI] != st.timer.output():
+            return None
+        for quiet in self._quiet:
+            if not quiet(vcpu):
+                return None
+        if gic.signalling() and not vcpu.pstate & PSTATE_I:
+            return None                      # the loop takes the IRQ
+        if self._holders and self.holds(vcpu):
+            return None
+        left = budget_end - self.retired
+        if left <= 0:
+            return None
+        return self._slice_count(vcpu, left, until_ns)
 
     def _account_slice(self, ex: C.Exit, el_at_start: int) -> None:
         """Turn retired instructions into time spans, split where an eret changed EL."""

@@ -244,7 +244,7 @@ class SdeiService:
         from .host import Registration
         svc = cls(host, profile)
         host.register(Registration("sdei", svc, fids=(SDEI_FIRST, SDEI_LAST),
-                                   before_entry=svc.before_entry, wakes=svc.wakes,
+                                   before_entry=svc.before_entry, quiet=svc.quiet, wakes=svc.wakes,
                                    in_handler=svc.handler_running))
         return svc
 
@@ -254,6 +254,16 @@ class SdeiService:
         if self.bind_slots:
             self.poll_bound()
         self.try_dispatch(vcpu)
+
+    def quiet(self, vcpu) -> bool:
+        """``before_entry`` would do nothing now: no bound line would trigger, nothing to dispatch."""
+        if self.bind_slots:
+            line = self.host.gic.line
+            for num, intid in self.bind_slots.items():
+                ev = self.events[num]
+                if line[intid] and ev.state == S_ENABLED and not ev.triggered:
+                    return False
+        return self.deliverable() is None
 
     def wakes(self, vcpu) -> bool:
         """An event that would be dispatched ends a WFI halt."""

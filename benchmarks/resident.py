@@ -1,7 +1,7 @@
 """Resident loop: the same guest loop under bare unicorn (no hooks) and under ``apflab.Machine``.
 
-Target (issue 2): apflab runs at least 50% of bare unicorn's guest
-instructions per second when every page is resident.
+Target (issue 14; issue 2 asked for 50%): apflab runs at least 75% of bare unicorn's
+guest instructions per second when every page is resident.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from unicorn import arm64_const as A
 import apflab
 from apflab.asm import assemble
 
-TARGET = 0.5
+TARGET = 0.75
 INSNS_PER_ITER = 6
 
 LOOP = """
@@ -70,4 +70,5 @@ def measure(iterations: int, repeat: int) -> dict:
     ratio = ours_ips / bare_ips
     return {"guest_instructions": insns, "bare_unicorn_ips": round(bare_ips),
             "apflab_ips": round(ours_ips), "ratio": round(ratio, 3), "target": TARGET,
+            "ratio_to_target": round(ratio / TARGET, 3),
             "meets_target": ratio >= TARGET}
