@@ -329,6 +329,7 @@ GUEST_ROWS = 64
 HLOG = 64
 RAISE, END = 0, 1
 SENTINEL = 0x5E5E_5E5E_5E5E_5E5E
+LOOP_SCRATCH = {13: R.UNKNOWN, 14: R.UNKNOWN, 15: R.UNKNOWN}     # what the loop leaves in x13-x15
 
 
 def guest_steps(steps: list) -> list:
@@ -398,7 +399,7 @@ def run_guest(profile: str, steps: list) -> int:
             if kind == "call":
                 fid, args = rest[0], tuple(resolve(a) for a in rest[1])
                 full = args + (0,) * (5 - len(args))
-                t_regs.update({0: fid, **{i: full[i - 1] for i in range(1, 6)}, 12: row})
+                t_regs.update({0: fid, **{i: full[i - 1] for i in range(1, 6)}, **LOOP_SCRATCH, 12: row})
                 res = trial.call(fid, args)
                 if isinstance(res, (R.Completed, R.Resumed)):
                     t_regs = dict(res.ctx.regs)
@@ -410,7 +411,7 @@ def run_guest(profile: str, steps: list) -> int:
                     pc = after
             else:
                 trial.trigger(rest[0])
-                t_regs.update({0: RAISE, **{i: R.UNKNOWN for i in range(1, 6)}, 1: rest[0], 12: row})
+                t_regs.update({0: RAISE, **{i: R.UNKNOWN for i in range(1, 6)}, **LOOP_SCRATCH, 1: rest[0], 12: row})
                 pc = after_brk
             # The host's check before the guest goes on (one dispatch; a second deliverable
             # event waits for the next exit, the next row's hvc or brk).
