@@ -274,27 +274,43 @@ def check_run(r: Run) -> None:
         assert c["run_ns"] + c["stall_ns"] + c["steal_ns"] + c["idle_ns"] == sum(modes.values()), f"vCPU {k}"
 
 
-def other_path_digest(cfg: dict, inj: list):
-    """Hook for the fast/slow path comparison (issue 14): once the host has a switch for its
-    slow path, run the case on it and return the trace digest; None until then."""
-    import inspect
-    if "fast_path" not in inspect.signature(Machine).parameters and "APFLAB_SLOW_PATH" not in os.environ:
-        return None
-    return None        # TODO(issue 14): run with fast_path=False once it exists, compare digests
+def slow_path_exists() -> bool:
+    """The host's fast path (issue 14) comes with a switch, ``APFLAB_SLOW_PATH=1`` read when a
+    Host is made (``apflab.host.fast_path_default``); before it lands there is one path."""
+    from apflab import host
+    return hasattr(host, "fast_path_default")
+
+
+def make_run(cfg: dict, inj: list, slow: bool = False) -> Run:
+    old = os.environ.get("APFLAB_SLOW_PATH")
+    if slow:
+        os.environ["APFLAB_SLOW_PATH"] = "1"
+    try:
+        r = Run(cfg)
+    finally:
+        if slow:
+            if old is None:
+                del os.environ["APFLAB_SLOW_PATH"]
+            else:
+                os.environ["APFLAB_SLOW_PATH"] = old
+    r.inject(inj)
+    return r
 
 
 def run_case(cfg: dict, inj: list, twice: bool = False) -> str:
-    r = Run(cfg)
-    r.inject(inj)
+    """Run, check every invariant; ``twice``: run again (on the slow path, if there is one)
+    and require the same trace digest."""
+    r = make_run(cfg, inj)
     stop = r.go()
     assert stop is not None and stop.reason == "brk"
     check_run(r)
     digest = r.m.trace.digest()
     if twice:
-        again = Run(cfg)
-        again.inject(inj)
+        slow = slow_path_exists()
+        again = make_run(cfg, inj, slow=slow)
         again.go()
-        assert again.m.trace.digest() == digest, "same seed, different trace"
+        assert again.m.trace.digest() == digest, \
+            "same seed, different trace" + (" on the slow path" if slow else "")
     return digest
 
 
@@ -349,3 +365,14 @@ def test_the_fuzzer_notices_a_page_corrupted_on_its_way_back(monkeypatch):
         self.ram[frame.start + 100] ^= 0xFF
     monkeypatch.setattr(Stage2, "finish_page_in", flip)
     assert _first_failing_seed() is not None
+
+
+def test_robustness_doc_quotes_the_fuzzer_counts():
+    """docs/ROBUSTNESS.md states how many cases each fuzzer runs in CI: keep it true."""
+    import re
+    from pathlib import Path
+    from test_fuzz_sdei import SDEI_SEQUENCES
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "ROBUSTNESS.md").read_text()
+    for name, n in (("SDEI_SEQUENCES", SDEI_SEQUENCES), ("FAULT_SCHEDULES", FAULT_SCHEDULES)):
+        quoted = re.findall(rf"\| `{name}` \| (\d+)", doc)
+        assert quoted == [str(n)], f"{name}: doc says {quoted}, tests use {n}"
