@@ -9,10 +9,10 @@ offered again (``ApfService.set_allowed``), the SDEI PE masked and unmasked from
 (``fill_queue``/``release_queue``).
 
 - one vCPU: the mini-kernel (``scenarios.build("memtouch", ...)``, 8-24 pages, 1-2 rounds);
-- 2-4 vCPUs: a small assembly guest (``SMP_GUEST``) in which every vCPU walks its own
-  pages, checks the value each page had and writes the next. It has no APF support of
-  its own, so "halt" is the asynchronous design there and sdei/irq/abort fall back
-  ("apf_disabled") on every fault: their fallback paths are what runs on several vCPUs.
+- 2-4 vCPUs: a small assembly guest (``smp_guest``) in which every vCPU walks its own
+  pages at EL1, checks the value each page had and writes the next; for sdei, irq and
+  abort every vCPU is an APF client of its own (not-present handler, page-ready IRQ with
+  IRQ_ACK); "halt" needs nothing from the guest.
 
 Invariants (docs/ROBUSTNESS.md): no design loses a wake-up (every parked task is woken,
 nothing is left queued, held or awaiting an ack, no page-in is left running); no token is
@@ -86,18 +86,64 @@ def smp_value(v: int, rnd: int, i: int) -> int:
     return (0xA5 << 56) | (v << 48) | (rnd << 32) | i
 
 
-def smp_guest(vcpus: int, npages: int, rounds: int) -> str:
-    """vCPU v walks pages [v*npages, (v+1)*npages) of ``buf`` ``rounds`` times: checks the
-    u64 each holds (round r-1's value, counted in ``bad`` if not) and writes round r's.
-    vCPU 0 stops (brk #0) once every vCPU has finished (``done``)."""
+KVM_ASYNC_PF, ASYNC_PF_ENABLE, ASYNC_PF_IRQ_ACK = 0x8600_0002, 4, 5
+SDEI_REGISTER, SDEI_ENABLE, SDEI_COMPLETE, SDEI_PE_UNMASK = 0xC4000021, 0xC4000022, 0xC4000025, 0xC400002C
+DESIGN_FLAG = {"sdei": 0, "irq": 1 << 2, "abort": 2 << 2}      # ENABLE control word bits [3:2]
+NP_PPI, READY_PPI = 20, 19
+
+
+def smp_guest(vcpus: int, npages: int, rounds: int, design: str) -> str:
+    """vCPU v walks pages [v*npages, (v+1)*npages) of ``buf`` ``rounds`` times at EL1: checks
+    the u64 each holds (round r-1's value; ``bad`` counts mismatches) and writes round r's.
+
+    For sdei, irq and abort it is an APF client of its own block (ENABLE with SEND_ALWAYS,
+    since it faults at EL1): "not present" (the SDEI handler, the PPI 20 IRQ or the data
+    abort) counts the notice and frees the slot, and the faulting load runs again (a refault
+    while the page-in runs: the host's repeated-fault path); "page ready" (PPI 19) counts,
+    frees the slot and acknowledges with IRQ_ACK. A vCPU is done when its walk is over and
+    it has had a page ready for every not present; vCPU 0 stops (brk #0) once every vCPU is
+    done, or at once if one of them took an exception it does not expect (``bad``)."""
+    apf = design in DESIGN_FLAG
     start = []
     for i in range(1, vcpus):
         start += mov64("x0", CPU_ON) + [f"mov x1, #{i}", "adr x2, secondary", f"mov x3, #{i}", "hvc #0",
                                         "cbnz x0, fail"]
-    src = ["_start:", *start, "mov x19, #0", "b worker",
+    whoami = ["mrs x9, mpidr_el1", "and x9, x9, #0xff", "adr x1, apf_blocks", "add x1, x1, x9, lsl #6",
+              "adr x2, counts", "add x2, x2, x9, lsl #4"]            # x1 = my block, x2 = my counts
+
+    def notice(reason: int, off: int) -> list[str]:
+        return ["ldr w10, [x1]", f"cmp w10, #{reason}", "b.ne bad_notice",
+                f"ldr x11, [x2, #{off}]", "add x11, x11, #1", f"str x11, [x2, #{off}]",
+                "str wzr, [x1, #4]", "str wzr, [x1]"]               # free the slot: token, reason
+
+    save = ["stp x0, x1, [sp, #-16]!", "stp x2, x3, [sp, #-16]!", "stp x9, x10, [sp, #-16]!",
+            "stp x11, x12, [sp, #-16]!"]
+    restore = ["ldp x11, x12, [sp], #16", "ldp x9, x10, [sp], #16", "ldp x2, x3, [sp], #16",
+               "ldp x0, x1, [sp], #16"]
+    vectors = []
+    for n in range(16):
+        vectors += [".balign 128"] + [{4: "b sync_entry", 5: "b irq_entry"}.get(n, "b bad_notice")]
+    setup = ["setup:", "adr x9, stacks", "add x10, x19, #1", "add x9, x9, x10, lsl #12", "mov sp, x9",
+             "adr x0, vectors", "msr vbar_el1, x0",
+             "mov x0, #0xff", "msr s3_0_c4_c6_0, x0",               # ICC_PMR_EL1
+             "mov x0, #1", "msr s3_0_c12_c12_7, x0"]                # ICC_IGRPEN1_EL1
+    if design == "sdei":
+        setup += mov64("x0", SDEI_REGISTER) + ["mov x1, #1", "adr x2, sdei_entry", "mov x3, #0", "mov x4, #0",
+                                               "mov x5, #0", "hvc #0", "cbnz x0, fail"]
+        setup += mov64("x0", SDEI_ENABLE) + ["mov x1, #1", "hvc #0", "cbnz x0, fail"]
+        setup += mov64("x0", SDEI_PE_UNMASK) + ["hvc #0"]
+    if apf:
+        setup += ["adr x4, apf_blocks", "add x4, x4, x19, lsl #6", f"mov x5, #{3 | DESIGN_FLAG[design]}",
+                  "orr x4, x4, x5"]
+        setup += mov64("x0", KVM_ASYNC_PF) + [f"mov x1, #{ASYNC_PF_ENABLE}", "mov w2, w4", "lsr x3, x4, #32",
+                                              "hvc #0", "cbnz x0, fail"]
+    setup += ["msr daifclr, #2", "ret"]
+    wait_ready = (["mrs x9, mpidr_el1", "and x9, x9, #0xff", "adr x2, counts", "add x2, x2, x9, lsl #4",
+                   "5: ldr x10, [x2]", "ldr x11, [x2, #8]", "cmp x10, x11", "b.ne 5b"] if apf else [])
+    src = [".balign 2048", "vectors:", *vectors, ".balign 128",
+           "_start:", *start, "mov x19, #0", "b worker",
            "secondary:", "mov x19, x0",
-           "worker:",
-           "msr daifclr, #2",               # the halt design needs PSTATE.I clear (no IRQ comes)
+           "worker:", "bl setup",
            "adr x20, buf", f"mov x9, #{npages * PAGE}", "madd x20, x19, x9, x20",
            "mov x21, #1",                   # round
            "round:", "mov x22, #0", "mov x23, x20",
@@ -111,12 +157,32 @@ def smp_guest(vcpus: int, npages: int, rounds: int) -> str:
            "orr x10, x10, x21, lsl #32", "orr x10, x10, x22", "str x10, [x23]",
            "add x23, x23, #4096", "add x22, x22, #1", f"cmp x22, #{npages}", "b.lo page",
            "add x21, x21, #1", f"cmp x21, #{rounds}", "b.ls round",
+           *wait_ready,
            "adr x13, done", "3: ldaxr x14, [x13]", "add x14, x14, #1", "stlxr w15, x14, [x13]", "cbnz w15, 3b",
            "cbnz x19, park",
-           "4: ldar x14, [x13]", f"cmp x14, #{vcpus}", "b.ne 4b", "brk #0",
+           "adr x15, bad",
+           "4: ldar x14, [x15]", "cbnz x14, 6f", "ldar x14, [x13]", f"cmp x14, #{vcpus}", "b.ne 4b",
+           "6: brk #0",
            "park: wfi", "b park",
            "fail: brk #2",
+           *setup,
+           # SDEI "page not present": x0-x17 are the handler's (COMPLETE restores them)
+           "sdei_entry:", *whoami, *notice(1, 0), *mov64("x0", SDEI_COMPLETE), "hvc #0",
+           # the data abort of the abort design (EC 0x25, from EL1): the load runs again on eret
+           "sync_entry:", *save, "mrs x9, esr_el1", "lsr x9, x9, #26", "cmp x9, #0x25", "b.ne bad_notice",
+           *whoami, *notice(1, 0), *restore, "eret",
+           "irq_entry:", *save, "mrs x12, s3_0_c12_c12_0",      # ICC_IAR1_EL1
+           "cmp x12, #1023", "b.eq 9f", *whoami,
+           f"cmp x12, #{NP_PPI}", "b.ne 7f", *notice(1, 0), "b 8f",
+           f"7: cmp x12, #{READY_PPI}", "b.ne 8f", *notice(2, 8),
+           *mov64("x0", KVM_ASYNC_PF), f"mov x1, #{ASYNC_PF_IRQ_ACK}", "hvc #0",
+           "8: msr s3_0_c12_c12_1, x12",                           # ICC_EOIR1_EL1
+           "9:", *restore, "eret",
+           "bad_notice:", "adr x9, bad", "mov x10, #1000", "str x10, [x9]", "10: wfi", "b 10b",
+           ".balign 64", f"apf_blocks: .space {64 * vcpus}",
+           f"counts: .space {16 * vcpus}",
            ".balign 8", "done: .quad 0", "bad: .quad 0",
+           ".balign 4096", f"stacks: .space {4096 * vcpus}",
            ".balign 4096", "buf:"]
     return "\n".join(l if l.endswith(":") else "    " + l for l in src) + "\n"
 
@@ -149,7 +215,7 @@ class Run:
             n, v = cfg["npages"], cfg["vcpus"]
             m = Machine(seed=cfg["seed"], vcpus=v, ram_size=1 << 20, delivery=delivery,
                         store=make_store(cfg["store"], latency_ns=cfg["latency_ns"]), quantum=2_000)
-            syms = m.load_asm(smp_guest(v, n, cfg["rounds"]))
+            syms = m.load_asm(smp_guest(v, n, cfg["rounds"], d))
             self.setup, self.m, self.syms = None, m, syms
             if not apf:
                 for svc in [m.apf_of(k) for k in range(v)]:
@@ -160,9 +226,11 @@ class Run:
                 m.evict(addr)
             self.final = [struct.pack("<Q", smp_value(j // n, cfg["rounds"], j % n)) for j in range(n * v)]
             self.rest = [filler(j // n, j % n) for j in range(n * v)]
-            code_pages = (syms["buf"] - m.ram_base) // PAGE
-            self.pinned = 0
-            m.stage2.set_limit(code_pages + cfg["limit_pages"])
+            # code, handlers' stacks and APF blocks stay in (as a kernel pins its own)
+            for addr in range(m.ram_base, syms["buf"], PAGE):
+                m.stage2.pin(m.stage2.gpn_of(addr))
+            self.pinned = len(m.stage2.pinned)
+            m.stage2.set_limit(self.pinned + cfg["limit_pages"])
         self.spy = DigestSpy(self.m.stage2)
 
     # the seams the injections go through
@@ -179,8 +247,7 @@ class Run:
                 s2.evict(gpn)
 
         def limit(pages):
-            s2.set_limit(self.pinned + pages if v == 1 else
-                         (self.syms["buf"] - m.ram_base) // PAGE + pages)
+            s2.set_limit(self.pinned + pages)
 
         def toggle(fn_off, fn_on, t_on):
             def off():
@@ -253,7 +320,10 @@ def check_run(r: Run) -> None:
             assert ks["apf"]["table"] == [] and ks["apf"]["bad_ready"] == 0
         check_time(tr)
     else:
-        assert m.read_u64(r.syms["done"]) == v and m.read_u64(r.syms["bad"]) == 0
+        assert m.read_u64(r.syms["bad"]) == 0 and m.read_u64(r.syms["done"]) == v
+        for k in range(v):       # every "not present" the guest took was followed by a "page ready"
+            np_, ready = struct.unpack("<2Q", m.read(r.syms["counts"] + 16 * k, 16))
+            assert np_ == ready, f"vCPU {k}: {np_} not present, {ready} page ready"
     # pages intact: every return equals its departure, every page ends as the guest left it
     assert r.spy.mismatches == [], f"pages changed while out: {r.spy.mismatches}"
     m.stage2.check()
