@@ -15,9 +15,11 @@ Two ways to run a sequence:
   read it back, COMPLETE must restore it, COMPLETE_AND_RESUME must set ELR_EL1 to it.
   After every step the whole per-PE state (each event's STATUS and pending flag, the
   PE mask, the stack of running handlers, the bound events) must equal the model's.
-- **guest** (one seed in ten, one vCPU): the same kind of sequence, executed by a real guest
-  (an interpreter loop in assembly reading a table of calls; its handlers run the same
-  loop), so the ``hvc`` exit, the dispatch into guest code and the return are fuzzed too.
+- **guest** (one seed in ten): the same kind of sequence, executed by a real guest on the
+  same 1-4 vCPUs (an interpreter loop in assembly reading each vCPU's table of calls; its
+  handlers run the same loop), so the ``hvc`` exit, the dispatch into guest code and the
+  return are fuzzed too. There a PE's calls touch only its own state (SIGNAL to itself or
+  to a PE that does not exist) and host raises go to vCPU 0.
 
 The reference model is ``sdei_ref.py`` (docs/REFERENCES.md, not ``apflab/sdei.py``);
 a step that the model calls unspecified is dropped while running the model first.
@@ -303,9 +305,8 @@ def test_sdei_sequences_match_the_reference_model(batch):
     for seed in batch:
         n, profile, steps = draw_case(seed)
         if seed % GUEST_EVERY == GUEST_EVERY - 1:
-            runner = lambda st: run_guest(profile, st)
-            steps = guest_steps(steps)
-            what = f"guest SDEI sequence (1 vCPU, {profile})"
+            runner = lambda st, n=n, profile=profile: run_guest(n, profile, guest_steps(st, n))
+            what = f"guest SDEI sequence ({n} vCPUs, {profile})"
         else:
             runner = lambda st, n=n, profile=profile: run_host(n, profile, st)
             what = f"host-direct SDEI sequence ({n} vCPUs, {profile})"
@@ -318,76 +319,94 @@ def test_sdei_sequences_match_the_reference_model(batch):
 
 # ---------------------------------------------------------------------------------- the guest share
 
-# The guest is an interpreter: ``loop`` takes the next row of ``table`` (fid, x1..x5) by a
-# cursor kept in memory, makes the call and stores x0 in ``results[row]``. Every handler is
-# the same loop, entered after it logs (x0 = event, x1 = argument, x2 = interrupted PC) in
-# ``hlog``; so whatever is dispatched, the table goes on being executed in order, and
-# COMPLETE returns to the interrupted row, which then stores its own result. x12 holds the
-# row (x0-x17 are saved and restored by dispatch and COMPLETE). Rows with fid 0 are host
-# raises: ``brk #0``, and the test raises the event in x1. fid 1 ends the table.
-GUEST_ROWS = 64
-HLOG = 64
+# The guest is an interpreter: on each vCPU, ``loop`` takes the next row of that vCPU's
+# table (fid, x1..x5) by a cursor kept in memory, makes the call and stores x0 in its
+# ``results[row]``. Every handler is the same loop, entered after it logs (x0 = event,
+# x1 = argument, x2 = interrupted PC) in its vCPU's ``hlog``; so whatever is dispatched, the
+# table goes on being executed in order, and COMPLETE returns to the interrupted row, which
+# then stores its own result. x12 holds the row, x16 the vCPU index (MPIDR_EL1.Aff0); x0-x17
+# are saved and restored by dispatch and COMPLETE. Rows with fid 0 are host raises (vCPU 0
+# only): ``brk #0``, and the test raises the event in x1. fid 1 ends the table; vCPU 0 then
+# waits for the others and stops. With several vCPUs a PE's calls touch only its own state
+# (SIGNAL goes to itself, or to a PE that does not exist), so each PE's model runs alone
+# and the interleaving the host picks cannot change what any PE logs.
+GUEST_ROWS = 48
+HLOG = 48
 RAISE, END = 0, 1
 SENTINEL = 0x5E5E_5E5E_5E5E_5E5E
-LOOP_SCRATCH = {13: R.UNKNOWN, 14: R.UNKNOWN, 15: R.UNKNOWN}     # what the loop leaves in x13-x15
+LOOP_SCRATCH = {13: R.UNKNOWN, 14: R.UNKNOWN, 15: R.UNKNOWN, 16: R.UNKNOWN}   # what the loop leaves
 
 
-def guest_steps(steps: list) -> list:
-    """One vCPU: the steps for PE 0 only, SIGNAL targets folded onto PE 0; at most GUEST_ROWS."""
-    out = []
+def guest_steps(steps: list, n: int) -> dict[int, list]:
+    """Each PE's steps for the guest (at most GUEST_ROWS - 1): valid addresses become the
+    handler / the loop, SIGNAL to another PE that exists goes to the PE itself, host raises
+    stay on vCPU 0."""
+    out = {k: [] for k in range(n)}
+    valid = lambda a: RAM_BASE <= a < RAM_BASE + RAM_SIZE and a % 4 == 0
     for kind, pe, *rest in steps:
         if kind == "call":
             fid, args = rest
-            if fid == R.EVENT_SIGNAL and args[1] not in (0, 1, 1 << 63):
-                args = (args[0], 0)
-            valid = lambda a: RAM_BASE <= a < RAM_BASE + RAM_SIZE and a % 4 == 0
+            if fid == R.EVENT_SIGNAL and args[1] < n:
+                args = (args[0], pe)
             if fid == R.EVENT_REGISTER and valid(args[1]):
                 args = (args[0], "handler") + tuple(args[2:])
             if fid == R.EVENT_COMPLETE_AND_RESUME and valid(args[0]):
                 args = ("loop",)
-            out.append(("call", 0, fid, args))
-        else:
-            out.append(("raise", 0, rest[0]))
-    return out[:GUEST_ROWS - 1]
+            out[pe].append(("call", pe, fid, args))
+        elif pe == 0:
+            out[0].append(("raise", 0, rest[0]))
+    return {k: v[:GUEST_ROWS - 1] for k, v in out.items()}
 
 
-GUEST_SRC = "\n".join([
-    "_start:", "    adr x13, cursor", "    str xzr, [x13]",
-    "loop:",
-    "    adr x13, cursor", "    ldr x12, [x13]", "    add x14, x12, #1", "    str x14, [x13]",
-    "    adr x13, table", "    add x13, x13, x12, lsl #6",
-    "    ldp x0, x1, [x13]", "    ldp x2, x3, [x13, #16]", "    ldp x4, x5, [x13, #32]",
-    f"    cmp x0, #{END}", "    b.eq done",
-    f"    cmp x0, #{RAISE}", "    b.ne 1f",
-    "    brk #0", "after_brk:", "    b loop",
-    "1:  hvc #0",
-    "after_hvc:",
-    "    adr x13, results", "    str x0, [x13, x12, lsl #3]", "    b loop",
-    "done: brk #0", "    b done",
-    "handler:",
-    "    adr x13, hlen", "    ldr x14, [x13]", "    add x15, x14, #1", "    str x15, [x13]",
-    "    adr x13, hlog", "    add x13, x13, x14, lsl #5",
-    "    stp x0, x1, [x13]", "    stp x2, x12, [x13, #16]",     # x12 at entry: zeroed (x4-x17)
-    "    b loop",
-    ".balign 64", f"table: .space {64 * GUEST_ROWS}",
-    f"results: .space {8 * GUEST_ROWS}",
-    "cursor: .quad 0", "hlen: .quad 0", f"hlog: .space {32 * HLOG}",
-]) + "\n"
+def guest_src(n: int) -> str:
+    start = []
+    for i in range(1, n):
+        start += mov64("x0", CPU_ON) + [f"mov x1, #{i}", "adr x2, loop", f"mov x3, #{i}", "hvc #0"]
+    me = ["mrs x16, mpidr_el1", "and x16, x16, #0xff"]
+    return "\n".join([
+        "_start:", *start,
+        "loop:", *me,
+        "    adr x13, cursors", "    add x13, x13, x16, lsl #3",
+        "    ldr x12, [x13]", "    add x14, x12, #1", "    str x14, [x13]",
+        "    adr x13, tables", f"    mov x14, #{64 * GUEST_ROWS}", "    madd x13, x16, x14, x13",
+        "    add x13, x13, x12, lsl #6",
+        "    ldp x0, x1, [x13]", "    ldp x2, x3, [x13, #16]", "    ldp x4, x5, [x13, #32]",
+        f"    cmp x0, #{END}", "    b.eq done",
+        f"    cmp x0, #{RAISE}", "    b.ne 1f",
+        "    brk #0", "after_brk:", "    b loop",
+        "1:  hvc #0",
+        "after_hvc:", *me,
+        "    adr x13, results", f"    mov x14, #{8 * GUEST_ROWS}", "    madd x13, x16, x14, x13",
+        "    str x0, [x13, x12, lsl #3]", "    b loop",
+        "done:", "    cbnz x16, 3f",
+        "    adr x13, ndone", f"2:  ldar x14, [x13]", f"    cmp x14, #{n - 1}", "    b.ne 2b",
+        "stop: brk #0", "    b stop",
+        "3:  adr x13, ndone", "4:  ldaxr x14, [x13]", "    add x14, x14, #1", "    stlxr w15, x14, [x13]",
+        "    cbnz w15, 4b", "5:  wfi", "    b 5b",
+        "handler:", *me,
+        "    adr x13, hlens", "    add x13, x13, x16, lsl #3",
+        "    ldr x14, [x13]", "    add x15, x14, #1", "    str x15, [x13]",
+        "    adr x13, hlogs", f"    mov x15, #{32 * HLOG}", "    madd x13, x16, x15, x13",
+        "    add x13, x13, x14, lsl #5",
+        "    stp x0, x1, [x13]", "    stp x2, x12, [x13, #16]",
+        "    b loop",
+        ".balign 64", f"tables: .space {64 * GUEST_ROWS * n}",
+        f"results: .space {8 * GUEST_ROWS * n}",
+        f"cursors: .space {8 * n}", f"hlens: .space {8 * n}", "ndone: .quad 0",
+        f"hlogs: .space {32 * HLOG * n}",
+    ]) + "\n"
 
 
-def run_guest(profile: str, steps: list) -> int:
-    """Execute ``steps`` with a real guest on one vCPU; compare every stored result and every
-    handler entry with the model. Returns how many steps the model could answer."""
-    m = Machine(seed=0, profile=profile, apf=False, ram_size=RAM_SIZE)
-    syms = m.load_asm(GUEST_SRC)
+CPU_ON = 0xC4000003      # PSCI CPU_ON (SMC64)
+
+
+def guest_model(ref, steps: list, syms: dict):
+    """Run one PE's steps on its model as the guest will: each row's call, then the host's
+    check before the guest goes on (one dispatch; a second deliverable event waits for the
+    next exit, the next row's hvc or brk). Rows the model cannot answer are dropped.
+    Returns (rows, expected results by row, expected handler log, the model)."""
     handler, loop, after, after_brk = syms["handler"], syms["loop"], syms["after_hvc"], syms["after_brk"]
-
-    def resolve(a):
-        return {"handler": handler, "loop": loop}.get(a, a) if isinstance(a, str) else a
-
-    # Run the model first, as the guest will: each row's call, then dispatches before the
-    # guest goes on. Rows the model cannot answer are dropped.
-    ref = R.ref_platform(1, profile, ram=(RAM_BASE, RAM_BASE + RAM_SIZE))[0]
+    resolve = lambda a: {"handler": handler, "loop": loop}.get(a, a) if isinstance(a, str) else a
     rows, results, hlog = [], {}, []
     regs = {i: R.UNKNOWN for i in range(R.CONTEXT_REGS)}
     for step in steps:
@@ -411,10 +430,9 @@ def run_guest(profile: str, steps: list) -> int:
                     pc = after
             else:
                 trial.trigger(rest[0])
-                t_regs.update({0: RAISE, **{i: R.UNKNOWN for i in range(1, 6)}, **LOOP_SCRATCH, 1: rest[0], 12: row})
+                t_regs.update({0: RAISE, **{i: R.UNKNOWN for i in range(1, 6)}, **LOOP_SCRATCH, 1: rest[0],
+                               12: row})
                 pc = after_brk
-            # The host's check before the guest goes on (one dispatch; a second deliverable
-            # event waits for the next exit, the next row's hvc or brk).
             ev = trial.deliverable()
             if ev is not None:
                 entry, arg = trial.dispatch(ev, t_regs, pc)
@@ -431,48 +449,70 @@ def run_guest(profile: str, steps: list) -> int:
             continue
         rows.append((fid, full) if kind == "call" else (RAISE, (rest[0], 0, 0, 0, 0)))
         ref, regs, results, hlog = trial, t_regs, t_results, t_hlog
-    table = b"".join(struct.pack("<6Q8x8x", fid, *(a & MASK64 for a in full)) for fid, full in rows)
-    table += struct.pack("<Q56x", END)
-    m.write(syms["table"], table)
-    m.write(syms["results"], struct.pack("<Q", SENTINEL) * GUEST_ROWS)
-    raises = {}
-    for _ in range(len(rows) + 2):
-        stop = m.run(max_instructions=200_000)
-        if stop.pc == syms["done"]:
+    return rows, results, hlog, ref
+
+
+def run_guest(n: int, profile: str, per_pe: dict) -> int:
+    """Execute each PE's steps with a real guest on ``n`` vCPUs; compare every stored result,
+    every handler entry and the final state with the model. Returns how many rows ran."""
+    m = Machine(seed=0, vcpus=n, profile=profile, apf=False, ram_size=RAM_SIZE)
+    syms = m.load_asm(guest_src(n))
+    refs = R.ref_platform(n, profile, ram=(RAM_BASE, RAM_BASE + RAM_SIZE))
+    plan = {k: guest_model(refs[k], per_pe[k], syms) for k in range(n)}
+    for k, (rows, *_rest) in plan.items():
+        table = b"".join(struct.pack("<6Q16x", fid, *(a & MASK64 for a in full)) for fid, full in rows)
+        table += struct.pack("<Q56x", END)
+        m.write(syms["tables"] + 64 * GUEST_ROWS * k, table)
+        m.write(syms["results"] + 8 * GUEST_ROWS * k, struct.pack("<Q", SENTINEL) * GUEST_ROWS)
+    rows0 = plan[0][0]
+    for _ in range(len(rows0) + 2):
+        stop = m.run(max_instructions=2_000_000)
+        if stop.pc == syms["stop"]:
             break
-        row = m.read_u64(syms["cursor"]) - 1
+        row = m.read_u64(syms["cursors"]) - 1
         m.set_reg("pc", stop.pc + 4)
-        raises[row] = True
-        m.sdei.raise_event(rows[row][1][0])
+        m.sdei.raise_event(rows0[row][1][0])
     else:
         raise AssertionError("the guest never reached the end of its table")
-    got = {r: s64(m.read_u64(syms["results"] + 8 * r)) for r in range(len(rows))}
-    for r in range(len(rows)):
-        want = results.get(r, SENTINEL)      # never stored: a raise, or its handler never returned
-        if want is not R.UNKNOWN:
-            assert got[r] == s64(want), f"row {r} {rows[r][0]:#x}{rows[r][1]}: guest got {got[r]}, model {s64(want)}"
-    n = m.read_u64(syms["hlen"])
-    glog = [struct.unpack("<4Q", m.read(syms["hlog"] + 32 * i, 32)) for i in range(min(n, HLOG))]
-    assert [(e, a & MASK64, p) for e, a, p in hlog] == [g[:3] for g in glog], "handler entries differ"
-    assert m.sdei.pe.masked == ref.masked
-    assert [c.event for c in m.sdei.pe.running] == [c.event for c in ref.running]
-    for num, ev in m.sdei.events.items():
-        assert ev.state == ref.state[num], f"event {num}: state {ev.state} != model {ref.state[num]}"
+    for k, (rows, results, hlog, ref) in plan.items():
+        base = syms["results"] + 8 * GUEST_ROWS * k
+        for r in range(len(rows)):
+            want = results.get(r, SENTINEL)  # never stored: a raise, or its handler never returned
+            got = s64(m.read_u64(base + 8 * r))
+            if want is not R.UNKNOWN:
+                assert got == s64(want), \
+                    f"PE {k} row {r} {rows[r][0]:#x}{rows[r][1]}: guest got {got}, model {s64(want)}"
+        hn = m.read_u64(syms["hlens"] + 8 * k)
+        glog = [struct.unpack("<4Q", m.read(syms["hlogs"] + 32 * (HLOG * k + i), 32)) for i in range(min(hn, HLOG))]
+        assert [(e, a & MASK64, p) for e, a, p in hlog] == [g[:3] for g in glog], f"PE {k}: handler entries differ"
+        pe = m.sdei_of(k)
+        assert pe.pe.masked == ref.masked, f"PE {k}: mask"
+        assert [c.event for c in pe.pe.running] == [c.event for c in ref.running], f"PE {k}: running"
+        assert sorted(pe.events) == sorted(ref.defs), f"PE {k}: events"
+        for num, ev in pe.events.items():
+            assert ev.state == ref.state[num], f"PE {k} event {num}: state {ev.state} != model {ref.state[num]}"
     tr = m.trace
-    assert sum(tr.breakdown().values()) == tr.elapsed_ns
-    return len(rows)
+    for k in range(n):
+        spans, modes = tr.lane(k) if n > 1 else (tr.spans, tr.breakdown())
+        assert sum(modes.values()) == spans[-1][1] - spans[0][0]
+    return sum(len(p[0]) for p in plan.values())
 
 
 def test_the_fuzzer_catches_a_hand_broken_transition(monkeypatch):
     """The fuzzer is worth its seeds: with state 5 + ENABLE kept at 5 in apflab's table
-    (it should go to 7), some CI seed fails, host-direct or in the guest."""
+    (it should go to 7), some CI seed fails, host-direct and in the guest."""
     from apflab import sdei
     monkeypatch.setitem(sdei.TRANSITIONS, (sdei.S_RUNNING_DISABLED, sdei.Action.ENABLE), (sdei.SUCCESS, None))
+    caught = set()
     for seed in range(SDEI_SEQUENCES):
         n, profile, steps = draw_case(seed)
-        try:
-            run_host(n, profile, steps)
-            run_guest(profile, guest_steps(steps))
-        except AssertionError:
+        for how, run in (("host", lambda: run_host(n, profile, steps)),
+                         ("guest", lambda: run_guest(n, profile, guest_steps(steps, n)))):
+            if how not in caught:
+                try:
+                    run()
+                except AssertionError:
+                    caught.add(how)
+        if caught == {"host", "guest"}:
             return
-    pytest.fail("no seed noticed ENABLE leaving a running, disabled event in state 5")
+    pytest.fail(f"only {caught or 'nothing'} noticed ENABLE leaving a running, disabled event in state 5")
