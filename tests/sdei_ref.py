@@ -9,7 +9,9 @@ three parts:
 - ``TABLE``/``step``: the per-event state table in TF-A's ``sdei_state.c`` layout
   (X = DENIED, NOP = allowed, no change).
 - ``RefSdei``: one PE's SDEI dispatcher (calls, masking, pending triggers,
-  priorities, the saved context), lab defaults or ``profile="kvm-v7"``.
+  priorities, the saved context, bound interrupts), lab defaults or
+  ``profile="kvm-v7"``; ``ref_platform(n)``: n PEs that can SIGNAL each other
+  (``test_fuzz_sdei.py``).
 - ``expected_log``: runs a small guest script (``Call``, ``Mark``, ``Set``,
   ``Rec``, ``HostRaise``, ``Once``, ``Eret``) against the model and returns the
   values the guest's result log should hold. The tests turn the same script
@@ -374,9 +376,6 @@ class RefSdei:
 
     def _shared_reset(self, *a):
         return self._reset(shared=True)
-
-    def _unspecified(self, *a):
-        raise Unspecified("call not modelled")
 
     _CALLS = {
         VERSION: _version, EVENT_REGISTER: _register, EVENT_ENABLE: _enable, EVENT_DISABLE: _disable,
