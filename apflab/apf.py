@@ -263,7 +263,8 @@ class ApfService:
     def page_in_done(self, w: Work) -> None:
         """The I/O finished: prefault the page in and queue the page-ready notice."""
         host = self.host
-        if not (host.halted or host.stalling or host.holds(host.vcpu)):
+        # A vCPU queued for a physical CPU is not running either: nothing to kick.
+        if not (host.halted or host.stalling or host.holds(host.vcpu)) and host.has_pcpu():
             host.charge(host.costs.kick_ns, what="kick")    # kvm_vcpu_kick: make the running vCPU exit
         if host.stage2.state(w.gpn) == PageState.INFLIGHT:
             host.stage2.finish_page_in(w.gpn)

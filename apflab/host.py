@@ -172,6 +172,9 @@ class Host:
         self._slice_t0 = 0
         self._holders: list[Callable[[Vcpu], bool]] = []
         self.stalling = False     # inside stall_until: the vCPU thread waits in the host
+        # pvlock.py: told when a vCPU is about to run guest code ("running"), loses its pCPU
+        # at the end of a slice ("preempted"), or waits in the host ("stalled").
+        self.on_run_state: Callable[[VcpuState, str], None] | None = None
 
         self.cpus = [self._attach(i, v, len(vcpus)) for i, v in enumerate(vcpus)]
         self.cpus[0].power = Power.ON          # the boot vCPU; the others wait for PSCI CPU_ON
@@ -422,6 +425,8 @@ class Host:
                     break
                 continue                    # queued for a pCPU: another vCPU's turn
             if sched.expired(nxt):
+                if self.on_run_state is not None:
+                    self.on_run_state(nxt, "preempted")
                 sched.release(nxt, nxt.now, self._steal)
                 sched.want(nxt, self._steal)   # behind the vCPUs that waited
                 continue
@@ -480,6 +485,10 @@ class Host:
         self.trace.account(st.now, t, "steal", self.current_task())
         st.now = t
         self._select(here)
+
+    def has_pcpu(self) -> bool:
+        """The current vCPU holds a physical CPU (always true without ``pcpus``)."""
+        return self.sched is None or self.sched.pcpu_of(self._cur) is not None
 
     def release_pcpu(self) -> None:
         """The current vCPU stops needing a physical CPU (a stall, a hold in the host)."""
@@ -610,6 +619,8 @@ class Host:
         """
         t0 = self.now
         self.release_pcpu()      # physical CPUs: another vCPU may use this one meanwhile
+        if self.on_run_state is not None:
+            self.on_run_state(self._cur, "stalled")
         self.stalling = True
         try:
             while len(self.cpus) == 1 and self._events and self._events[0].t_ns <= t_ns:
@@ -679,8 +690,13 @@ class Host:
             if self.smp:
                 count = min(count, self.quantum)   # then the next vCPU's turn
             if self.sched is not None:             # ...and not past its pCPU time slice
-                count = min(count, -(-self.sched.budget_ns(self._cur) // self.ns_per_insn))
+                budget = self.sched.budget_ns(self._cur)
+                if budget is None:
+                    continue      # released its pCPU while held in the host: ask again
+                count = min(count, -(-budget // self.ns_per_insn))
 
+            if self.on_run_state is not None:
+                self.on_run_state(self._cur, "running")
             el0 = vcpu.el
             self._slice_t0 = self.now
             ex = vcpu.run(count)
@@ -764,6 +780,8 @@ class Host:
         if nxt is None:
             raise InvariantError("vCPU held in the host with no host event that could release it")
         self.release_pcpu()
+        if self.on_run_state is not None:
+            self.on_run_state(self._cur, "stalled")
         if nxt > self.now:
             self.trace.account(self.now, nxt, "stalled", self.current_task())
             self.now = nxt

@@ -46,7 +46,7 @@ class Machine:
                  apf: bool = True, profile: str = "lab", keep_records: bool = True,
                  postcopy: dict | None = None, delivery: str = "sdei", irq_window: str | None = None,
                  vcpus: int = 1, quantum: int = SMP_QUANTUM, cpu_model: str = "cortex-a72",
-                 pcpus=None, time_slice_ns: int | None = None):
+                 pcpus=None, time_slice_ns: int | None = None, pv_lock: str | None = None):
         _check_int("seed", seed)
         _check_int("vcpus", vcpus)
         if not 1 <= vcpus <= MAX_VCPUS:
@@ -132,6 +132,14 @@ class Machine:
                 for k, svc in enumerate(self._apfs):
                     svc.vcpu_id = k                   # token = (id << 12) | vcpu_id, as KVM's
             self._apf = self._apfs[0]
+        # pv_lock: the paravirtual "vCPU preempted" flag (pvlock.py): None (off, the calls
+        # answer NOT_SUPPORTED), "preempted" (KVM's meaning) or "preempted+stalled" (the
+        # lab's extension: also while stalled in a synchronous page-in). The host keeps the
+        # last page of RAM for it; the boot stack starts below that page.
+        self._pv_lock = None
+        if pv_lock is not None:
+            from .pvlock import PvLockService
+            self._pv_lock = PvLockService.install(self._host, pv_lock)
         self.program: Program | None = None
         self.symbols: dict[str, int] = {}
 
@@ -142,6 +150,7 @@ class Machine:
     trace = property(lambda self: self._host.trace)
     sdei = property(lambda self: self._sdei)
     psci = property(lambda self: self._psci)
+    pv_lock = property(lambda self: self._pv_lock)
 
     def cpu_report(self) -> dict:
         """Where each vCPU's time went (run, stall, steal, idle) and, with ``pcpus``, each
@@ -173,6 +182,8 @@ class Machine:
         if not self._stage2.in_ram(base) or not self._stage2.in_ram(base + max(len(prog.code), 1) - 1):
             raise ParameterError(f"program [{base:#x}, +{len(prog.code):#x}) does not fit in guest RAM "
                                  f"[{RAM_BASE:#x}, {RAM_BASE + self.ram_size:#x})")
+        if self._pv_lock is not None:
+            self._pv_lock.check_free(base, base + len(prog.code), what="program")
         self.write(base, prog.code)
         for vcpu in self._vcpus:
             vcpu.watch_code(base, prog.code)    # erets and IRQ-unmasking instructions
@@ -180,7 +191,8 @@ class Machine:
         self.symbols = dict(prog.symbols)
         self._vcpu.pc = prog.symbols["_start"]
         self._vcpu.set_pstate(PSTATE_EL1H_MASKED)
-        self._vcpu.set_reg("sp", RAM_BASE + self.ram_size)
+        top = RAM_BASE + self.ram_size if self._pv_lock is None else self._pv_lock.base
+        self._vcpu.set_reg("sp", top)
         return dict(prog.symbols)
 
     def run(self, max_instructions: int = 1_000_000) -> RunStop:

@@ -119,9 +119,10 @@ class HostScheduler:
                     p.since = t
 
 
-def run_tenants(machines: list, max_instructions: int) -> dict:
+def run_tenants(machines: list, max_instructions: int, *, until_ns: int | None = None) -> dict:
     """Run VMs that share one ``HostScheduler`` until each one's vCPU 0 executes ``brk #0``
-    (or SYSTEM_OFF). The VM whose next turn is earliest in virtual time runs (ties: the
+    (or SYSTEM_OFF), or with ``until_ns`` until each VM's next turn is at or past that virtual
+    time (a fixed run length, as the ``overcommit`` scenario measures). The VM whose next turn is earliest in virtual time runs (ties: the
     earlier in ``machines``) until its next turn would come after another VM's (a vCPU
     takes a free pCPU only at its own turn, so turns must go in time order). ``max_instructions`` counts
     every vCPU of every VM. Returns ``tenant_report``."""
@@ -133,6 +134,8 @@ def run_tenants(machines: list, max_instructions: int) -> dict:
         raise ParameterError("the machines must share one HostScheduler (Machine(pcpus=sched))")
     if not isinstance(max_instructions, int) or isinstance(max_instructions, bool) or max_instructions <= 0:
         raise ParameterError(f"max_instructions must be a positive int, got {max_instructions!r}")
+    if until_ns is not None and (not isinstance(until_ns, int) or isinstance(until_ns, bool) or until_ns <= 0):
+        raise ParameterError(f"until_ns must be None or a positive int (virtual ns), got {until_ns!r}")
     for m in machines:
         if m.program is None:
             raise ParameterError("every machine needs a program: call load_asm first")
@@ -158,14 +161,37 @@ def run_tenants(machines: list, max_instructions: int) -> dict:
         host.horizon = lambda others=others: min(
             (t for t in (x.host.next_turn_ns() for x in others) if t is not None), default=None)
         try:
-            stop = host.run(left, budget_error=False)
+            stop = host.run(left, budget_error=False, until_ns=until_ns)
         finally:
             host.horizon = None
             host.select_boot()
-        if stop is not None and stop.reason not in ("waiting_for_pcpu", "yield"):
+        if stop is None and until_ns is not None:
+            turn = host.next_turn_ns()
+            if turn is None or turn >= until_ns:
+                stop = "until_ns"           # its run length is up
+        if stop is not None and getattr(stop, "reason", None) not in ("waiting_for_pcpu", "yield"):
             stops[i] = stop
+            if until_ns is not None:
+                _close_lanes(host, until_ns)
             host.leave_pcpus()
     return tenant_report(machines)
+
+
+def _close_lanes(host, t: int) -> None:
+    """A fixed-length run ends at ``t`` for every vCPU that is on: one still queued for a pCPU
+    waited (steal) until then, a halted one idled; so each lane covers the whole run."""
+    from .smp import Power
+    for st in host.cpus:
+        if st.power is Power.OFF or st.now >= t:
+            continue
+        if host.sched.is_waiting(st):
+            host._steal(st, t)
+        elif st.halted:
+            here = host._cur
+            host._select(st)
+            host.trace.account(st.now, t, "halted", host.current_task())
+            st.now = t
+            host._select(here)
 
 
 def tenant_report(machines: list) -> dict:

@@ -54,14 +54,18 @@ class ArchService:
 
     def __init__(self, router: "Router"):
         self.router = router
+        # Function IDs ARCH_FEATURES answers SUCCESS for. A service may add its discovery
+        # call, as KVM answers ARCH_FEATURES for PV_TIME_FEATURES (DEN0057) and the arm64
+        # PV-lock series for PV_LOCK_FEATURES (pvlock.py).
+        self.features = {SMCCC_VERSION, SMCCC_ARCH_FEATURES}
 
     def handle(self, vcpu, call: Call) -> object:
         if call.fid == SMCCC_VERSION:
             return SMCCC_VERSION_1_1
         if call.fid == SMCCC_ARCH_FEATURES:
-            # DEN0028 7.3: this queries Arm architecture calls only; of those, this
-            # platform implements SMCCC_VERSION and SMCCC_ARCH_FEATURES itself.
-            return 0 if call.arg(1) & 0xFFFFFFFF in (SMCCC_VERSION, SMCCC_ARCH_FEATURES) else NOT_SUPPORTED
+            # DEN0028 7.3: this queries Arm architecture calls; of those, this platform
+            # implements SMCCC_VERSION and SMCCC_ARCH_FEATURES itself (plus ``features``).
+            return 0 if call.arg(1) & 0xFFFFFFFF in self.features else NOT_SUPPORTED
         return NOT_SUPPORTED
 
 
@@ -70,7 +74,8 @@ class Router:
 
     def __init__(self) -> None:
         self._ranges: list[tuple[int, int, Service]] = []
-        self.register(SMCCC_VERSION, SMCCC_ARCH_FEATURES, ArchService(self))
+        self.arch = ArchService(self)
+        self.register(SMCCC_VERSION, SMCCC_ARCH_FEATURES, self.arch)
 
     def register(self, lo: int, hi: int, service: Service) -> None:
         for a, b, s in self._ranges:

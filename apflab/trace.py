@@ -72,6 +72,9 @@ KINDS: dict[str, tuple[str, ...]] = {
     "apf_wake_all": (),
     "apf_halt": ("token", "gpn"),
     "apf_release": ("token", "gpn"),
+    # paravirtual "vCPU preempted" flag (pvlock.py): the host wrote ``value`` to the vCPU's
+    # pvlock_vcpu_state.preempted because it is "running", "preempted" or "stalled"
+    "pv_preempted": ("value", "why"),
 }
 # With several vCPUs every record also carries ``vcpu`` (the index of the vCPU the host was
 # serving when it was made); a one-vCPU machine's records never do, so their digests stay.

@@ -174,7 +174,8 @@ def test_unknown_scenario_and_bad_apf_flag():
         run_scenario("memtouch", apf="on")
     with pytest.raises(ParameterError, match="no_such_scenario"):
         compare("no_such_scenario")
-    assert set(SCENARIOS) == {"memtouch", "gleb2010", "postcopy", "syscall_read"}
+    assert set(SCENARIOS) == {"memtouch", "gleb2010", "postcopy", "syscall_read", "smp_memtouch", "lock_holder",
+                              "overcommit"}
     assert apflab.run_scenario is run_scenario
 
 

@@ -15,18 +15,29 @@
     m.run(max_instructions=20_000_000)  # until the kernel's brk #0
     state = guest.read_kernel_state(m, syms)
 
+Several CPUs (``build_source(vcpus=N)``, on ``Machine(vcpus=N)``): CPU 0 boots, sets up
+the tasks and starts CPUs 1..N-1 with PSCI CPU_ON; each CPU brings up its own GIC CPU
+interface, APF and SDEI clients, paravirtual lock state and timer tick, and schedules the
+tasks of its own run queue (task i on CPU i mod N unless ``TaskSpec.cpu`` says otherwise).
+Per-CPU variables live in one block per CPU (TPIDR_EL1 points at it): CPU 0's at the labels
+below, CPU c's at ``percpu_addr(symbols, name, c)``. ``read_kernel_state(m, syms, cpu=c)``
+reads CPU c's; its ``cpus`` entry lists every CPU's counters (``read_cpu_state``).
+
 Memory map (guest RAM starts at 0x4000_0000; the image is loaded there)::
 
     0x4000_0000  vectors (2 KiB), kernel text, workload text
-                 kernel data: apf_data (the 64-byte shared APF block), apf_table,
-                 globals, per-task arrays, struct task[8]
-                 kstack (4 KiB), task stacks (8 x 4 KiB)
-                 config_* values, task_table, taskN_params (16 u64 each)
+                 shared kernel data: globals, the kernel lock, per-task arrays,
+                 struct task[8], task stacks (8 x 4 KiB)
+    percpu0      CPU 0's per-CPU block (PERCPU_SIZE = 8 KiB): apf_data (the 64-byte
+                 shared APF block), per-CPU counters, apf_table, sched_log, kstack
+                 config_* values, config_task_cpu, task_table, taskN_params (16 u64 each)
+    percpu_more  the per-CPU blocks of CPUs 1..N-1 (none with one CPU)
     kernel_end   page aligned: [RAM_BASE, kernel_end) is the kernel (pin it)
     buf_base     workload buffers (default 0x4010_0000), page aligned, laid out in
                  task order; they start ABSENT and are evicted independently
 
-Symbols the host can read (all u64 unless noted; arrays have TASK_MAX = 8 entries):
+Symbols the host can read (all u64 unless noted; arrays have TASK_MAX = 8 entries;
+per-CPU ones are CPU 0's copy):
 
     current_task        index of the running task, 0xffff_ffff_ffff_ffff (-1) while idle
     need_resched, rr_cursor, exited_mask, stop_reason (1 all exited, 2 stop_mask done)
@@ -58,6 +69,14 @@ Symbols the host can read (all u64 unless noted; arrays have TASK_MAX = 8 entrie
     task_syscalls[], task_exit_ns[], task_exit_code[], task_wake_ns[]
     sched_log_len, sched_log   u8 per switch (task index; 0xff = idle), 1024 max
     tasks               struct task[8]: x0..x30, sp_el0, elr, spsr (272 bytes each)
+    task_cpu[], task_lock_blocks[]   each task's CPU; times it blocked on the kernel lock
+    cpu_id, cur_task_ptr (per CPU); cpus_online (bit per CPU), cpu_on_ret[8] (CPU_ON results)
+    klock_next, klock_owner  the ticket spinlock; klock_holder (CPU, -1 free); lock_counter;
+                        lock_waiters (bit per task blocked on it, pv_lock); pvlock_state[8]
+                        (each CPU's pvlock_vcpu_state IPA, -1 none)
+    lock_acquired, lock_contended, spin_ns, spin_loops, lock_blocked, lock_wakeups,
+    ipi_sent, pv_features_ret   per-CPU lock statistics (spin_ns: CNTVCT from asking
+                        for the lock to getting it, or to blocking)
     kernel_end, config_*, task_table, task<N>_params
 
 Syscall ABI (``svc #0`` from EL0; number in x8, arguments from x0, result in x0; every
@@ -71,6 +90,9 @@ other register preserved)::
     5 getpid()         -> task index
     6 peek(addr)       -> the u64 at addr, read by the kernel (kernel-mode access); -14 if not in the buffers
     7 alloc_page(addr) -> 0 after the kernel zeroed the page (clear_page); -14 if not a buffer page
+    8 locked_touch(addr, work, flags) -> the u64 at addr (0: none), read while holding the
+                       kernel lock; lock_counter += 1 by a load and a store `work` loop
+                       iterations apart; flags bit 0: no lock (racy control); -14 bad addr
     other              -> -38 (ENOSYS)
 
 Configuration (``build_source`` keywords, emitted as ``config_*`` quads)::
@@ -83,6 +105,8 @@ Configuration (``build_source`` keywords, emitted as ``config_*`` quads)::
     buf_base      where workload buffers start
     wake_resched  1: a "page ready" wake-up asks for a reschedule (the woken task runs
                   at the next return to user space rather than at the next tick)
+    vcpus         CPUs the kernel brings up (1-8; the machine needs as many vCPUs)
+    pv_lock       1: lock waiters block while the holder's vCPU is flagged preempted
     wake_preempt  1 (default, needs wake_resched): the woken task is the one that runs
                   then, before the other runnable tasks, as with Linux's wake-up
                   preemption; the task it preempted runs next after it. 0: the woken
@@ -101,6 +125,8 @@ from ..errors import ParameterError
 RAM_BASE = 0x4000_0000
 PAGE_SIZE = 4096
 TASK_MAX = 8
+CPU_MAX = 8                        # the kernel's CPU_MAX (MPIDR_EL1.Aff0 0-7, apflab.smp.MAX_VCPUS)
+PERCPU_SIZE = 0x2000               # one per-CPU block of kernel.S (percpu0 .. percpu0_end)
 PARAMS_QUADS = 16                  # per-task parameter block: inputs 0-7, results 8-15
 PARAMS_OUT = 8
 DEFAULT_BUF_BASE = RAM_BASE + 0x10_0000
@@ -108,11 +134,12 @@ DEFAULT_TICK_NS = 100_000          # 100 us: 10 kHz (Linux uses 250-1000 Hz; emu
 DEFAULT_RAM_SIZE = 16 << 20
 T_SIZE = 272
 
-TASK_STATES = {0: "unused", 1: "runnable", 2: "apf_wait", 3: "exited", 4: "sleeping"}
+TASK_STATES = {0: "unused", 1: "runnable", 2: "apf_wait", 3: "exited", 4: "sleeping", 5: "lock_wait"}
 SDEI_STEPS = ("version", "private_reset", "shared_reset", "get_info_priority", "get_info_type",
               "register", "enable", "pe_unmask")
 PANIC_REASONS = {1: "unexpected exception", 2: "bad synchronous exception from EL0",
-                 3: "kernel image overlaps the workload buffers", 4: "IRQ at EL1 outside the idle loop"}
+                 3: "kernel image overlaps the workload buffers", 4: "IRQ at EL1 outside the idle loop",
+                 5: "a secondary CPU did not come up (PSCI CPU_ON)"}
 STOP_REASONS = {0: None, 1: "all tasks exited", 2: "stop_mask tasks exited"}
 
 # Parameter and result slots of each workload (see workloads.S).
@@ -123,8 +150,11 @@ WORKLOADS = {
     "yield_loop": (("count",), ("done", "pid")),
     "sleeper": (("ns", "count"), ("t_start", "t_end", "sleeps")),
     "sysread": (("buf", "npages", "rounds", "kernel_every", "tag"), ("mismatches", "rounds_done", "touches")),
+    "lockloop": (("buf", "npages", "rounds", "work", "flags", "tag", "think"), ("mismatches", "rounds_done", "calls")),
+    "lockloop_nopage": (("buf", "npages", "rounds", "work", "flags", "tag", "think"),
+                        ("mismatches", "rounds_done", "calls")),
 }
-_BUFFERED = {"memtouch": 4, "sysread": None}     # entry -> index of its stride parameter (None: a page)
+_BUFFERED = {"memtouch": 4, "sysread": None, "lockloop": None}     # entry -> index of its stride parameter (None: a page)
 
 # Delivery designs the kernel can be built for (config_apf_delivery); "halt" needs no support.
 DELIVERY_IDS = {"sdei": 0, "irq": 1, "abort": 2, "halt": 3}
@@ -139,6 +169,7 @@ class TaskSpec:
     entry: str
     params: list[int] = field(default_factory=list)
     measured: bool = True
+    cpu: int | None = None         # the CPU whose run queue holds it (None: task index mod vcpus)
 
 
 # ---------------------------------------------------------------------- task constructors
@@ -174,12 +205,36 @@ def sysread(npages: int, rounds: int = 1, *, kernel_every: int = 2, buf: int = 0
     return TaskSpec("sysread", [buf, npages, rounds, kernel_every, tag], measured)
 
 
+def lockloop(npages: int, rounds: int = 1, *, work: int = 200, think: int = 2000, touch: bool = True,
+             nolock: bool = False, buf: int = 0, tag: int = 0, measured: bool = True,
+             cpu: int | None = None) -> TaskSpec:
+    """``npages`` x ``rounds`` calls of locked_touch: the kernel takes its lock, reads page i of
+    the buffer while holding it (``touch=False``: no buffer, the lock only), does ``work``
+    iterations between a load and a store of ``lock_counter``, releases; then ``think``
+    iterations in user mode. ``nolock``: skip the lock (the racy control). The pages must hold
+    ``memtouch_value(tag, 0, i)``."""
+    entry = "lockloop" if touch else "lockloop_nopage"
+    return TaskSpec(entry, [buf if touch else 0, npages, rounds, work, int(bool(nolock)), tag, think],
+                    measured, cpu)
+
+
 def memtouch_value(tag: int, rnd: int, i: int) -> int:
     """What memtouch leaves in page ``i`` after round ``rnd`` (the workloads.S formula)."""
     return (0xA5A5 << 48) | ((tag & 0xFF) << 40) | ((rnd & 0xFF) << 32) | (i & 0xFFFFFFFF)
 
 
 # ---------------------------------------------------------------------- building
+
+def task_cpus(tasks: list[TaskSpec], vcpus: int) -> list[int]:
+    """The CPU of each task: its ``cpu``, or its index mod ``vcpus``."""
+    out = []
+    for i, t in enumerate(tasks):
+        c = i % vcpus if t.cpu is None else t.cpu
+        if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < vcpus:
+            raise ParameterError(f"task {i} ({t.entry}): cpu must be an int in [0, {vcpus}), got {c!r}")
+        out.append(c)
+    return out
+
 
 def _pages(nbytes: int) -> int:
     return -(-nbytes // PAGE_SIZE)
@@ -230,13 +285,20 @@ def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_e
                  sdei_enable: bool = True, stop_mask: int | None = None,
                  buf_base: int = DEFAULT_BUF_BASE, wake_resched: bool = True, wake_preempt: bool = True,
                  ram_size: int = DEFAULT_RAM_SIZE, extra_source: str = "", delivery: str = "sdei",
-                 send_always: bool = False) -> str:
+                 send_always: bool = False, vcpus: int = 1, pv_lock: bool = False) -> str:
     """One assembly source: kernel + workloads + ``extra_source`` + generated config and tasks.
 
     ``stop_mask`` defaults to the measured tasks: the run stops (``brk #0``) when all of them
     have exited (and in any case when every task has).  ``extra_source`` may define more
     workload entry points for ``TaskSpec.entry``.
+
+    ``vcpus``: the CPUs the kernel brings up (CPU 0 starts the others with PSCI CPU_ON; the
+    machine needs as many vCPUs). Task i runs on CPU ``TaskSpec.cpu``, by default i mod
+    ``vcpus``; a CPU without tasks idles. ``pv_lock``: the kernel lock's waiters look for the
+    host's paravirtual "vCPU preempted" flag and block instead of spinning while it is set.
     """
+    if not isinstance(vcpus, int) or isinstance(vcpus, bool) or not 1 <= vcpus <= CPU_MAX:
+        raise ParameterError(f"vcpus must be an int in [1, {CPU_MAX}], got {vcpus!r}")
     if delivery not in DELIVERY_IDS:
         raise ParameterError(f"unknown delivery design {delivery!r}; choose one of {', '.join(DELIVERY_IDS)}")
     if not 1 <= len(tasks) <= TASK_MAX:
@@ -259,6 +321,7 @@ def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_e
                              f"[buf_base {buf_base:#x}, end of RAM {end:#x})")
     if stop_mask is None:
         stop_mask = sum(1 << i for i, t in enumerate(tasks) if t.measured)
+    cpus = task_cpus(tasks, vcpus)
 
     lines = ["", "// ---- generated by apflab.guest.build_source ----", "\t.balign\t8"]
     config = [("config_nr_tasks", len(tasks)), ("config_tick_ns", tick_ns),
@@ -268,9 +331,12 @@ def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_e
               ("config_wake_preempt", int(bool(wake_preempt))),
               ("config_apf_delivery", DELIVERY_IDS[delivery]),
               ("config_apf_send_always", int(bool(send_always))),
-              ("config_ram_end", RAM_BASE + ram_size)]
+              ("config_ram_end", RAM_BASE + ram_size),
+              ("config_nr_cpus", vcpus), ("config_pv_lock", int(bool(pv_lock)))]
     for name, value in config:
         lines.append(f"{name}:\t.quad\t{value:#x}")
+    lines.append("config_task_cpu:\t// run queue of each task")
+    lines.append("\t.quad\t" + ", ".join(str(c) for c in cpus + [0] * (TASK_MAX - len(cpus))))
     lines.append("task_table:")
     for i, t in enumerate(tasks):
         lines.append(f"\t.quad\t{t.entry}, task{i}_params")
@@ -279,6 +345,10 @@ def build_source(tasks: list[TaskSpec], *, tick_ns: int = DEFAULT_TICK_NS, apf_e
         lines.append(f"task{i}_params:\t// {t.entry}")
         for k in range(0, PARAMS_QUADS, 4):
             lines.append("\t.quad\t" + ", ".join(f"{v:#x}" for v in vals[k:k + 4]))
+    # the per-CPU blocks of CPUs 1 .. vcpus-1 (CPU 0's is percpu0 in kernel.S)
+    lines += ["\t.balign\t4096", "percpu_more:"]
+    if vcpus > 1:
+        lines.append(f"\t.space\t{(vcpus - 1) * PERCPU_SIZE:#x}")
     lines += ["\t.balign\t4096", "kernel_end:", "\t.quad\t0", ""]
     return "\n".join([kernel_source(), workloads_source(), extra_source] + lines)
 
@@ -333,15 +403,37 @@ def pin_kernel(machine, symbols: dict[str, int]) -> None:
         machine.stage2.pin(machine.stage2.gpn_of(addr))
 
 
+def nr_cpus(machine, symbols: dict[str, int]) -> int:
+    """The CPUs the loaded kernel was built for (``build_source(vcpus=)``)."""
+    return machine.read_u64(symbols["config_nr_cpus"])
+
+
+def percpu_offset(symbols: dict[str, int], cpu: int) -> int:
+    """Where CPU ``cpu``'s copy of a per-CPU variable lies, relative to CPU 0's (its label)."""
+    if cpu == 0:
+        return 0
+    return symbols["percpu_more"] + (cpu - 1) * PERCPU_SIZE - symbols["percpu0"]
+
+
+def percpu_addr(symbols: dict[str, int], name: str, cpu: int) -> int:
+    """The address of CPU ``cpu``'s ``name`` (a label between percpu0 and percpu0_end)."""
+    if not symbols["percpu0"] <= symbols[name] < symbols["percpu0_end"]:
+        raise ParameterError(f"{name!r} is not a per-CPU variable of the kernel")
+    return symbols[name] + percpu_offset(symbols, cpu)
+
+
 def current_task_probe(machine, symbols: dict[str, int]):
-    """A callable giving the running task's index, or None while idle (for ``Host.current_task``)."""
-    addr = symbols["current_task"]
-    ram, off = machine.vcpu.ram, addr - RAM_BASE
-    is_mapped = machine.stage2.is_mapped
+    """A callable giving the running task's index on the vCPU the host runs, or None while it
+    idles (for ``Host.current_task``)."""
+    ram, is_mapped, host = machine.vcpu.ram, machine.stage2.is_mapped, machine.host
+    n, ncpu = len(host.cpus), nr_cpus(machine, symbols)
+    addrs = [symbols["current_task"] + (percpu_offset(symbols, c) if c < ncpu else 0) for c in range(n)]
+    which = {id(st.vcpu): st.index for st in host.cpus}
 
     def current() -> int | None:
+        addr = addrs[which[id(host.vcpu)]] if n > 1 else addrs[0]
         if is_mapped(addr):                  # the usual case: the kernel is pinned
-            v = struct.unpack_from("<Q", ram, off)[0]
+            v = struct.unpack_from("<Q", ram, addr - RAM_BASE)[0]
         else:
             v = machine.read_u64(addr)
         return None if v >> 63 else v
@@ -349,7 +441,7 @@ def current_task_probe(machine, symbols: dict[str, int]):
 
 
 def attach(machine, symbols: dict[str, int]) -> None:
-    """Let the host attribute time and APF work items to the guest's tasks."""
+    """Let the host attribute time and APF work items to the guest's tasks (on every vCPU)."""
     machine.host.current_task = current_task_probe(machine, symbols)
 
 
@@ -357,15 +449,45 @@ def _s64(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
 
-def read_kernel_state(machine, symbols: dict[str, int]) -> dict:
-    """Everything the kernel counts, as plain Python values (works before, during, after a run)."""
+_CPU_COUNTERS = ("ticks", "ctx_switches", "idle_entries", "irq_entries", "irq_spurious", "irq_resched",
+                 "irq_unknown", "irq_stale_timer", "lock_acquired", "lock_contended", "spin_ns",
+                 "spin_loops", "lock_blocked", "lock_wakeups", "ipi_sent")
+
+
+def read_cpu_state(machine, symbols: dict[str, int], cpu: int) -> dict:
+    """CPU ``cpu``'s scheduler, lock and APF counters (its per-CPU variables)."""
+    def g(name):
+        return machine.read_u64(percpu_addr(symbols, name, cpu))
+    cur = g("current_task")
+    return {"cpu": cpu, "cpu_id": g("cpu_id"), "current_task": None if cur >> 63 else cur,
+            **{k: g(k) for k in _CPU_COUNTERS},
+            "pv_features_ret": _s64(g("pv_features_ret")),
+            "pvlock_state": _s64(machine.read_u64(symbols["pvlock_state"] + 8 * cpu)),
+            "apf_enabled": bool(g("apf_enabled")), "apf_not_present": g("apf_not_present"),
+            "apf_page_ready": g("apf_page_ready_count"), "sdei_dispatches": g("sdei_dispatches")}
+
+
+def read_kernel_state(machine, symbols: dict[str, int], cpu: int = 0) -> dict:
+    """Everything the kernel counts, as plain Python values (works before, during, after a run).
+
+    Per-CPU counters (scheduler, IRQs, SDEI and APF client, sched_log) are CPU ``cpu``'s;
+    ``cpus`` lists every CPU's scheduler and lock counters, ``lock`` the shared lock."""
     rd = machine.read_u64
+    ncpu = nr_cpus(machine, symbols)
+    if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < max(1, ncpu):
+        raise ParameterError(f"cpu must be an int in [0, {ncpu}) (the kernel's CPUs), got {cpu!r}")
+    off = percpu_offset(symbols, cpu)
+    lo, hi = symbols["percpu0"], symbols["percpu0_end"]
+
+    def at(name):
+        a = symbols[name]
+        return a + off if lo <= a < hi else a
 
     def g(name):
-        return rd(symbols[name])
+        return rd(at(name))
 
     def arr(name, n):
-        return [rd(symbols[name] + 8 * i) for i in range(n)]
+        return [rd(at(name) + 8 * i) for i in range(n)]
 
     nr = min(g("config_nr_tasks"), TASK_MAX)
     addr_to_label = {}
@@ -374,7 +496,8 @@ def read_kernel_state(machine, symbols: dict[str, int]) -> dict:
             addr_to_label[addr] = name
     tasks = []
     per = {k: arr(k, nr) for k in ("task_state", "task_work", "task_parked", "task_wakeups",
-                                   "task_switches", "task_syscalls", "task_exit_ns", "task_exit_code")}
+                                   "task_switches", "task_syscalls", "task_exit_ns", "task_exit_code",
+                                   "task_cpu", "task_lock_blocks")}
     for i in range(nr):
         entry_addr = rd(symbols["task_table"] + 16 * i)
         params = rd(symbols["task_table"] + 16 * i + 8)
@@ -386,7 +509,8 @@ def read_kernel_state(machine, symbols: dict[str, int]) -> dict:
              "exited": per["task_state"][i] == 3, "work": per["task_work"][i],
              "parked": per["task_parked"][i], "wakeups": per["task_wakeups"][i],
              "switches": per["task_switches"][i], "syscalls": per["task_syscalls"][i],
-             "exit_ns": per["task_exit_ns"][i], "exit_code": _s64(per["task_exit_code"][i])}
+             "exit_ns": per["task_exit_ns"][i], "exit_code": _s64(per["task_exit_code"][i]),
+             "cpu": per["task_cpu"][i], "lock_blocks": per["task_lock_blocks"][i]}
         if entry in WORKLOADS:
             names_in, names_out = WORKLOADS[entry]
             t["params"] = dict(zip(names_in, inputs))
@@ -407,7 +531,7 @@ def read_kernel_state(machine, symbols: dict[str, int]) -> dict:
             "event": _s64(g("sdei_event")), "dispatches": g("sdei_dispatches"), "bad": g("sdei_bad")}
 
     table = []
-    base = symbols["apf_table"]
+    base = at("apf_table")
     for k in range(128):
         token, kind = struct.unpack("<II", machine.read(base + 16 * k, 8))
         if kind:
@@ -420,14 +544,14 @@ def read_kernel_state(machine, symbols: dict[str, int]) -> dict:
            "wake_all": g("apf_wake_all"), "dummies": g("apf_dummies"), "dummy_hits": g("apf_dummy_hits"),
            "not_parked": g("apf_not_parked"), "table_full": g("apf_table_full"),
            "bad_ready": g("apf_bad_ready"), "table": table,
-           "shared": dict(zip(("reason", "token"), struct.unpack("<II", machine.read(symbols["apf_data"], 8))))}
+           "shared": dict(zip(("reason", "token"), struct.unpack("<II", machine.read(at("apf_data"), 8))))}
 
     panic = g("kernel_panic")
     panic_info = None
     if panic:
         panic_info = {"reason": PANIC_REASONS.get(panic, panic), "vector": _s64(g("panic_vector")),
                       "esr": g("panic_esr"), "elr": g("panic_elr"), "spsr": g("panic_spsr"),
-                      "far": g("panic_far"), "task": _s64(g("panic_task"))}
+                      "far": g("panic_far"), "task": _s64(g("panic_task")), "cpu": g("panic_cpu")}
     cur = g("current_task")
     log_len = min(g("sched_log_len"), 1024)
     return {
@@ -439,7 +563,12 @@ def read_kernel_state(machine, symbols: dict[str, int]) -> dict:
         "irq_unknown": g("irq_unknown"), "irq_stale_timer": g("irq_stale_timer"),
         "irq_resched": g("irq_resched"),
         "exited_mask": g("exited_mask"), "panic": panic_info, "sdei": sdei, "apf": apf, "tasks": tasks,
-        "sched_log": list(machine.read(symbols["sched_log"], log_len)),
+        "sched_log": list(machine.read(at("sched_log"), log_len)),
+        "cpu": cpu, "nr_cpus": ncpu, "cpus_online": g("cpus_online"),
+        "cpus": [read_cpu_state(machine, symbols, c) for c in range(ncpu)],
+        "lock": {"counter": g("lock_counter"), "next": g("klock_next"), "owner": g("klock_owner"),
+                 "holder": _s64(g("klock_holder")), "waiters": g("lock_waiters"),
+                 "spin_ns": sum(read_cpu_state(machine, symbols, c)["spin_ns"] for c in range(ncpu))},
     }
 
 
@@ -455,5 +584,6 @@ def check_no_panic(machine, symbols: dict[str, int]) -> None:
 
 __all__ = ["TaskSpec", "memtouch", "compute", "yield_loop", "sleeper", "memtouch_value", "resolve_tasks",
            "task_buffers", "build_source", "kernel_source", "workloads_source", "kernel_pages", "pin_kernel",
-           "current_task_probe", "attach", "read_kernel_state", "check_no_panic", "RAM_BASE", "PAGE_SIZE",
+           "current_task_probe", "attach", "read_kernel_state", "read_cpu_state", "percpu_addr",
+           "percpu_offset", "nr_cpus", "task_cpus", "lockloop", "CPU_MAX", "check_no_panic", "RAM_BASE", "PAGE_SIZE",
            "TASK_MAX", "DEFAULT_BUF_BASE", "DEFAULT_TICK_NS", "TASK_STATES", "SDEI_STEPS", "WORKLOADS"]

@@ -9,6 +9,7 @@
 //
 //     0 yield()   1 exit(code)   2 work_add(units)   3 gettime()
 //     4 sleep(ns) 5 getpid()     6 peek(addr)      7 alloc_page(addr)
+//     8 locked_touch(addr, work, flags)
 //
 // Syscalls preserve every register but x0, so the loops below keep their
 // state in registers across them.
@@ -303,3 +304,73 @@ sysread_exit:
 	mov	x0, #0
 	syscall	1
 	b	sysread_exit
+
+// ---------------------------------------------------------------- lockloop
+//
+// For each page i of a buffer the host filled with value(0, i), `rounds`
+// times: locked_touch(buf + 4096 i, work, flags) (syscall 8: the kernel
+// takes its lock, reads the page while holding it, bumps lock_counter,
+// releases) and check the value; then report one work unit and think
+// (`think` iterations of an empty loop in user mode).  buf = 0: no page,
+// `npages` calls that only take the lock.
+//
+// params: 0 buf, 1 npages, 2 rounds, 3 work (iterations in the lock),
+//         4 flags (bit 0: no lock, the racy control), 5 tag, 6 think
+// out:    8 mismatches, 9 rounds done, 10 calls made
+
+lockloop_nopage:
+	str	xzr, [x0]			// buf = 0: take the lock, touch nothing
+lockloop:
+	mov	x19, x0
+	ldp	x20, x21, [x19, #0]		// buf, npages
+	ldp	x22, x23, [x19, #16]		// rounds, work
+	ldp	x24, x25, [x19, #32]		// flags, tag
+	ldr	x26, [x19, #48]			// think
+	and	x25, x25, #0xff
+	lsl	x25, x25, #40
+	movz	x9, #0xA5A5, lsl #48
+	orr	x25, x25, x9			// value(0, i) = x25 | i
+	mov	x27, #0				// round
+lockloop_round:
+	cmp	x27, x22
+	b.hs	lockloop_done
+	mov	x28, #0				// i
+lockloop_page:
+	cmp	x28, x21
+	b.hs	lockloop_round_end
+	mov	x0, #0
+	cbz	x20, lockloop_call
+	add	x0, x20, x28, lsl #12
+lockloop_call:
+	mov	x1, x23
+	mov	x2, x24
+	syscall	8				// locked_touch(addr, work, flags)
+	cbz	x20, lockloop_counted
+	orr	x11, x25, x28
+	cmp	x0, x11
+	b.eq	lockloop_counted
+	ldr	x13, [x19, #(P_OUT + 0)]
+	add	x13, x13, #1
+	str	x13, [x19, #(P_OUT + 0)]
+lockloop_counted:
+	ldr	x13, [x19, #(P_OUT + 16)]
+	add	x13, x13, #1
+	str	x13, [x19, #(P_OUT + 16)]
+	mov	x0, #1
+	syscall	2				// work_add(1)
+	mov	x9, x26
+lockloop_think:
+	cbz	x9, lockloop_next
+	sub	x9, x9, #1
+	b	lockloop_think
+lockloop_next:
+	add	x28, x28, #1
+	b	lockloop_page
+lockloop_round_end:
+	add	x27, x27, #1
+	str	x27, [x19, #(P_OUT + 8)]
+	b	lockloop_round
+lockloop_done:
+	mov	x0, #0
+	syscall	1
+	b	lockloop_done
