@@ -9,7 +9,9 @@ offered again (``ApfService.set_allowed``), the SDEI PE masked and unmasked from
 (``fill_queue``/``release_queue``).
 
 - one vCPU: the mini-kernel (``scenarios.build("memtouch", ...)``, 8-24 pages, 1-2 rounds);
-- 2-4 vCPUs: a small assembly guest (``smp_guest``) in which every vCPU walks its own
+- 2-4 vCPUs, one case in five: the SMP guest kernel (``scenarios.build("smp_memtouch", ...)``,
+  a walker of 4-8 pages on every vCPU, a compute task beside each or not);
+- 2-4 vCPUs otherwise: a small assembly guest (``smp_guest``) in which every vCPU walks its own
   pages at EL1, checks the value each page had and writes the next; for sdei, irq and
   abort every vCPU is an APF client of its own (not-present handler, page-ready IRQ with
   IRQ_ACK); "halt" needs nothing from the guest.
@@ -59,8 +61,13 @@ def draw_case(seed: int):
         cfg.update(npages=n, rounds=rng.randint(1, 2), limit_pages=rng.randint(4, n + 4),
                    tick_ns=rng.choice((20_000, 50_000, 100_000)), calc_thread=rng.random() < 0.5)
     else:
-        n = rng.randint(2, 6)
-        cfg.update(npages=n, rounds=rng.randint(1, 2), limit_pages=rng.randint(2 * vcpus, n * vcpus + 4))
+        smp_kernel = rng.random() < 0.2   # the SMP guest kernel's smp_memtouch, a walker per vCPU
+        n = rng.randint(4, 8) if smp_kernel else rng.randint(2, 6)
+        cfg.update(npages=n, rounds=rng.randint(1, 2), limit_pages=rng.randint(2 * vcpus, n * vcpus + 4),
+                   smp_kernel=smp_kernel)
+        if smp_kernel:
+            cfg.update(tick_ns=rng.choice((20_000, 50_000, 100_000)),
+                       calc_thread=vcpus <= 4 and rng.random() < 0.5)
     horizon = 300_000 * cfg["rounds"] + 10 * cfg["latency_ns"] * n
     inj = []
     for _ in range(rng.randint(0, 8)):
@@ -198,17 +205,23 @@ class Run:
         d = cfg["design"]
         apf, delivery = d != "sync", ("sdei" if d == "sync" else d)
         self.cfg = cfg
-        if cfg["vcpus"] == 1:
-            setup = scenarios.build("memtouch", apf=apf, delivery=delivery, seed=cfg["seed"],
-                                    npages=cfg["npages"], rounds=cfg["rounds"], limit_pages=cfg["limit_pages"],
-                                    tick_ns=cfg["tick_ns"], calc_thread=cfg["calc_thread"], store=cfg["store"],
-                                    latency_ns=cfg["latency_ns"], ram_mib=4)
+        if cfg["vcpus"] == 1 or cfg.get("smp_kernel"):
+            v = cfg["vcpus"]
+            kw = {} if v == 1 else {"vcpus": v}
+            setup = scenarios.build("memtouch" if v == 1 else "smp_memtouch", apf=apf, delivery=delivery,
+                                    seed=cfg["seed"], npages=cfg["npages"], rounds=cfg["rounds"],
+                                    limit_pages=cfg["limit_pages"], tick_ns=cfg["tick_ns"],
+                                    calc_thread=cfg["calc_thread"], store=cfg["store"],
+                                    latency_ns=cfg["latency_ns"], ram_mib=4, **kw)
             self.setup, self.m = setup, setup.machine
-            self.pages = list(setup.buffers[0])
+            self.walkers = [i for i, t in enumerate(setup.tasks) if t.entry == "memtouch"]
+            self.pages, self.final = [], []
+            for i in self.walkers:       # walker i (tag i + 1) ends with its last round's values
+                buf = list(setup.buffers[i])
+                self.pages += buf
+                self.final += [struct.pack("<Q", guest.memtouch_value(i + 1, cfg["rounds"], j))
+                               for j in range(len(buf))]
             self.pinned = len(self.m.stage2.pinned)
-            # what memtouch leaves in page i: its last round's value over the prefilled page
-            last = cfg["rounds"]
-            self.final = [struct.pack("<Q", guest.memtouch_value(1, last, i)) for i in range(len(self.pages))]
             self.rest = [None] * len(self.pages)        # the scenario fills only the first u64
         else:
             from apflab.backing import make_store
@@ -309,16 +322,18 @@ def check_run(r: Run) -> None:
     check_tokens(tr, cfg["design"])
     if cfg["design"] == "sync":
         assert tr.counts.get("apf_not_present", 0) == 0
-    if v == 1:
+    if r.setup is not None:              # a guest kernel: single-CPU, or SMP (smp_memtouch)
         ks = guest.read_kernel_state(m, r.setup.symbols)
         assert ks["panic"] is None
         for t in ks["tasks"]:
             assert t["parked"] == t["wakeups"], f"task {t['index']}: parked {t['parked']} != woken {t['wakeups']}"
-        mt = ks["tasks"][0]
-        assert mt["exited"] and mt["mismatches"] == 0 and mt["rounds_done"] == cfg["rounds"]
+        for i in r.walkers:
+            mt = ks["tasks"][i]
+            assert mt["exited"] and mt["mismatches"] == 0 and mt["rounds_done"] == cfg["rounds"], f"walker {i}"
         if cfg["design"] not in ("sync", "halt"):
-            assert ks["apf"]["table"] == [] and ks["apf"]["bad_ready"] == 0
-        check_time(tr)
+            assert ks["apf"]["table"] == [] and ks["apf"]["bad_ready"] == 0 and ks["apf"]["table_full"] == 0
+        if v == 1:
+            check_time(tr)
     else:
         assert m.read_u64(r.syms["bad"]) == 0 and m.read_u64(r.syms["done"]) == v
         for k in range(v):       # every "not present" the guest took was followed by a "page ready"
