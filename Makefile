@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test test-browser bench clean
+.PHONY: lab test test-browser bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test-browser: $(STAMP)
 	@command -v chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
 		|| echo "chromium could not be installed here: the browser tests will skip and say so"
 	$(BIN)/python -m pytest tests/browser -ra
+
+## make fuzz: the seeded fuzzers ten times over (10,000 SDEI sequences, 5,000 fault schedules),
+## on a fixed seed list of their own (docs/ROBUSTNESS.md, "Fuzzers")
+fuzz: $(STAMP)
+	APFLAB_FUZZ=long $(BIN)/python -m pytest tests/test_fuzz_sdei.py tests/test_fuzz_faults.py $(XDIST) -p no:cacheprovider -q
 
 ## make bench: speed figures as JSON, ratios against bare unicorn measured in the same run
 bench: $(STAMP)

@@ -9,7 +9,9 @@ three parts:
 - ``TABLE``/``step``: the per-event state table in TF-A's ``sdei_state.c`` layout
   (X = DENIED, NOP = allowed, no change).
 - ``RefSdei``: one PE's SDEI dispatcher (calls, masking, pending triggers,
-  priorities, the saved context), lab defaults or ``profile="kvm-v7"``.
+  priorities, the saved context, bound interrupts), lab defaults or
+  ``profile="kvm-v7"``; ``ref_platform(n)``: n PEs that can SIGNAL each other
+  (``test_fuzz_sdei.py``).
 - ``expected_log``: runs a small guest script (``Call``, ``Mark``, ``Set``,
   ``Rec``, ``HostRaise``, ``Once``, ``Eret``) against the model and returns the
   values the guest's result log should hold. The tests turn the same script
@@ -122,6 +124,9 @@ class _Unknown:
     def __repr__(self):
         return "?"
 
+    def __deepcopy__(self, memo):
+        return self          # one UNKNOWN: tests compare with ``is``
+
 
 UNKNOWN = _Unknown()
 STALE = "stale"          # a trigger left on an event that got unregistered: its fate is unspecified
@@ -152,10 +157,23 @@ class Resumed:
 UNTOUCHED = object()     # kvm-v7's COMPLETE with nothing running: x0 keeps the function ID
 
 
+RAM = (0x4000_0000, 0x4100_0000)     # the guest RAM the tests use by default: 16 MiB at 0x40000000
+BOUND_BASE, BIND_SLOTS = 1000, 2     # docs/REFERENCES.md ("SDEI"): bound events numbered from 1000, 2 PPI slots
+BOUND = {"type": 0, "signaled": 0, "priority": 0}    # a bound PPI: private, normal, not signalable
+
+
 class RefSdei:
-    def __init__(self, profile: str = "lab"):
+    """One PE's dispatcher. ``peers`` (set by ``ref_platform``): every PE's, by MPIDR.Aff0,
+    for EVENT_SIGNAL to another PE; None keeps the one-PE model (another target is then
+    ``Unspecified``, as docs/REFERENCES.md's table says "only to this PE")."""
+
+    def __init__(self, profile: str = "lab", ram: tuple[int, int] = RAM):
         assert profile in ("lab", "kvm-v7")
         self.profile = profile
+        self.ram = ram
+        self.peers: list | None = None
+        self.defs = dict(EVENTS)             # the platform's events plus this PE's bound ones
+        self.bound: dict[int, int] = {}      # bound event number -> INTID
         self.state = {n: 0 for n in EVENTS}
         self.entry: dict[int, object] = {}
         self.ep_arg: dict[int, object] = {}
@@ -172,7 +190,12 @@ class RefSdei:
         return code
 
     def _prio(self, ev: int) -> int:
-        return EVENTS[ev]["priority"]
+        return self.defs[ev]["priority"]
+
+    def _valid_addr(self, addr) -> bool:
+        # DEN0054C 5.1.2: the entry point must be a valid address; TF-A's
+        # plat_sdei_validate_entry_point: inside the client's memory. Plus 4-byte aligned.
+        return not isinstance(addr, int) or (self.ram[0] <= addr < self.ram[1] and addr % 4 == 0)
 
     # ---------------------------------------------------------------- calls
     def call(self, fid: int, args=()):
@@ -189,7 +212,7 @@ class RefSdei:
         return LAB_VERSION
 
     def _register(self, ev, entry, arg, flags, aff):
-        if ev not in EVENTS:
+        if ev not in self.defs:
             return INVALID
         if flags & ~3:
             if self.state[ev] == 0:
@@ -197,6 +220,8 @@ class RefSdei:
             raise Unspecified("reserved flags on a registered event: which check comes first?")
         if flags or aff:
             raise Unspecified("routing / relative-mode flags")
+        if not self._valid_addr(entry):
+            return INVALID                    # docs/ROBUSTNESS.md catalogue: entry 0, outside RAM, misaligned
         if self.triggered[ev] == STALE:
             raise Unspecified("re-registering an event whose trigger predates its unregister")
         code = self._apply(ev, REGISTER)
@@ -206,7 +231,7 @@ class RefSdei:
 
     def _simple(action):
         def fn(self, ev, *a):
-            return INVALID if ev not in EVENTS else self._apply(ev, action)
+            return INVALID if ev not in self.defs else self._apply(ev, action)
         return fn
 
     _enable = _simple(ENABLE)
@@ -248,19 +273,18 @@ class RefSdei:
         # TF-A validates the resume address as it does an entry point and refuses with
         # DENIED (the handler goes on): here, an int address that is not in the guest's
         # 16 MiB of RAM at 0x40000000 or not 4-aligned.
-        if self.running and isinstance(addr, int) and not (
-                0x4000_0000 <= addr < 0x4100_0000 and addr % 4 == 0):
+        if self.running and not self._valid_addr(addr):
             return DENIED
         return self._finish(addr)
 
     def _status(self, ev, *a):
-        return INVALID if ev not in EVENTS else self.state[ev]
+        return INVALID if ev not in self.defs else self.state[ev]
 
     def _get_info(self, ev, info, *a):
-        if ev not in EVENTS or info > INFO_ROUTING_AFF:
+        if ev not in self.defs or info > INFO_ROUTING_AFF:
             return INVALID
         key = {INFO_TYPE: "type", INFO_SIGNALED: "signaled", INFO_PRIORITY: "priority"}.get(info)
-        value = EVENTS[ev][key] if key else None
+        value = self.defs[ev][key] if key else None
         if value is None:
             raise Unspecified(f"GET_INFO({ev}, {info})")
         return value
@@ -279,16 +303,53 @@ class RefSdei:
     def _interrupt_bind(self, intid, *a):
         if intid < 16:
             return INVALID                    # SGIs cannot be bound
-        raise Unspecified("the number of bind slots is the platform's (ask FEATURES)")
+        if intid >= 32:
+            return INVALID                    # docs/ROBUSTNESS.md catalogue: no SPIs (BIND of INTID 1020)
+        if intid in self.bound.values():
+            raise Unspecified("binding an INTID that is already bound")
+        if len(self.bound) >= BIND_SLOTS:
+            return OUT_OF_RESOURCE            # DEN0054C: no free slot
+        num = min(n for n in range(BOUND_BASE, BOUND_BASE + BIND_SLOTS) if n not in self.bound)
+        self.bound[num] = intid
+        self.defs[num] = BOUND
+        self.state[num] = 0
+        self.triggered[num] = False
+        return num
+
+    def _interrupt_release(self, num, *a):
+        if num not in self.bound:
+            return INVALID                    # not a bound event
+        if self.state[num] != 0:
+            return DENIED                     # DEN0054C: the event must be unregistered first
+        del self.bound[num], self.defs[num], self.state[num], self.triggered[num]
+        return SUCCESS
+
+    def _routing_set(self, ev, mode, *a):
+        if ev not in self.defs:
+            return INVALID
+        if self.defs[ev]["type"] is None:
+            raise Unspecified(f"ROUTING_SET on event {ev}, whose type is undocumented")
+        if self.defs[ev]["type"] == 0:
+            return INVALID                    # private events have no routing (DEN0054C; ROBUSTNESS.md)
+        raise Unspecified("shared events are not modelled")
 
     def _signal(self, ev, pe, *a):
         if ev != 0:
             return INVALID                    # event 0 is the only signalable event
-        if pe != 0:
-            raise Unspecified("SIGNAL to another PE")
-        if self.state[0] == 0:
-            raise Unspecified("SIGNAL of an unregistered event")
-        self.triggered[0] = True              # lab default: pending while masked or disabled
+        peers = self.peers
+        if peers is None:
+            if pe != 0:
+                raise Unspecified("SIGNAL to another PE")
+            target = self
+        elif pe >= len(peers):
+            return INVALID                    # DEN0054C EVENT_SIGNAL: the target PE must exist
+        else:
+            target = peers[pe]
+        if target.state[0] == 0:
+            return DENIED                     # docs/REFERENCES.md Departures: lab choice
+        if target.triggered[0] == STALE:
+            raise Unspecified("re-signalling an event whose trigger predates its unregister")
+        target.triggered[0] = True            # lab default: pending while masked or disabled
         return SUCCESS
 
     def _features(self, feature, *a):
@@ -299,7 +360,7 @@ class RefSdei:
     def _reset(self, shared: bool):
         if self.running:
             return DENIED
-        for ev, d in EVENTS.items():
+        for ev, d in self.defs.items():
             if d["type"] is None:
                 if self.state[ev] != 0:
                     raise Unspecified(f"reset with event {ev} (type undocumented) registered")
@@ -316,16 +377,13 @@ class RefSdei:
     def _shared_reset(self, *a):
         return self._reset(shared=True)
 
-    def _unspecified(self, *a):
-        raise Unspecified("call not modelled")
-
     _CALLS = {
         VERSION: _version, EVENT_REGISTER: _register, EVENT_ENABLE: _enable, EVENT_DISABLE: _disable,
         EVENT_CONTEXT: _context, EVENT_COMPLETE: _complete,
         EVENT_COMPLETE_AND_RESUME: _complete_and_resume, EVENT_UNREGISTER: _unregister,
-        EVENT_STATUS: _status, EVENT_GET_INFO: _get_info, EVENT_ROUTING_SET: _unspecified,
+        EVENT_STATUS: _status, EVENT_GET_INFO: _get_info, EVENT_ROUTING_SET: _routing_set,
         PE_MASK: _pe_mask, PE_UNMASK: _pe_unmask, INTERRUPT_BIND: _interrupt_bind,
-        INTERRUPT_RELEASE: _unspecified, EVENT_SIGNAL: _signal, FEATURES: _features,
+        INTERRUPT_RELEASE: _interrupt_release, EVENT_SIGNAL: _signal, FEATURES: _features,
         PRIVATE_RESET: _private_reset, SHARED_RESET: _shared_reset,
     }
 
@@ -341,7 +399,7 @@ class RefSdei:
         if self.masked:
             return None
         top = self._prio(self.running[-1].event) if self.running else -1
-        cands = [ev for ev in EVENTS
+        cands = [ev for ev in self.defs
                  if self.triggered[ev] is True and self.state[ev] == 3 and self._prio(ev) > top]
         if not cands:
             return None
@@ -356,6 +414,15 @@ class RefSdei:
         self.triggered[ev] = False
         self.running.append(Ctx(ev, dict(regs), pc))
         return self.entry[ev], self.ep_arg[ev]
+
+
+def ref_platform(n: int, profile: str = "lab", ram: tuple[int, int] = RAM) -> list[RefSdei]:
+    """``n`` PEs, each its own dispatcher (SDEI state is per PE: every event here is
+    private), that know each other for EVENT_SIGNAL."""
+    pes = [RefSdei(profile, ram) for _ in range(n)]
+    for pe in pes:
+        pe.peers = pes
+    return pes
 
 
 # -- guest scripts ---------------------------------------------------------------------------------
