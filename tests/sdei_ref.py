@@ -159,6 +159,13 @@ UNTOUCHED = object()     # kvm-v7's COMPLETE with nothing running: x0 keeps the 
 
 RAM = (0x4000_0000, 0x4100_0000)     # the guest RAM the tests use by default: 16 MiB at 0x40000000
 BOUND_BASE, BIND_SLOTS = 1000, 2     # docs/REFERENCES.md ("SDEI"): bound events numbered from 1000, 2 PPI slots
+def target_pe(mpidr: int) -> int | None:
+    """EVENT_SIGNAL's x2: an MPIDR whose affinity fields alone count (TF-A
+    ``plat_core_pos_by_mpidr``); PE i has Aff0 = i and Aff1-Aff3 = 0. None: no such PE."""
+    aff = mpidr & 0xFF_00FF_FFFF
+    return aff if aff <= 0xFF else None
+
+
 BOUND = {"type": 0, "signaled": 0, "priority": 0}    # a bound PPI: private, normal, not signalable
 
 
@@ -336,6 +343,9 @@ class RefSdei:
     def _signal(self, ev, pe, *a):
         if ev != 0:
             return INVALID                    # event 0 is the only signalable event
+        pe = target_pe(pe)
+        if pe is None:
+            return INVALID                    # Aff1-Aff3 name no PE of this machine
         peers = self.peers
         if peers is None:
             if pe != 0:

@@ -98,7 +98,8 @@ def draw_case(seed: int):
         if k == "unmask":
             return R.PE_UNMASK, ()
         if k == "signal":
-            target = rng.choice(list(range(n)) * 3 + [n, 1 << 63])
+            target = rng.choice(list(range(n)) * 3 + [n, 1 << 63, (1 << 31) | rng.randrange(n + 1),
+                                                      0x100 | rng.randrange(n)])
             return R.EVENT_SIGNAL, (rng.choice((0, 0, 0, 0, 1, 2, 1 << 63)), target)
         if k == "get_info":
             return R.EVENT_GET_INFO, (event(), rng.choice((0, 1, 2, 3, 4, 5, 1 << 63)))
@@ -346,7 +347,7 @@ def guest_steps(steps: list, n: int) -> dict[int, list]:
     for kind, pe, *rest in steps:
         if kind == "call":
             fid, args = rest
-            if fid == R.EVENT_SIGNAL and args[1] < n:
+            if fid == R.EVENT_SIGNAL and R.target_pe(args[1]) in range(n):
                 args = (args[0], pe)
             if fid == R.EVENT_REGISTER and valid(args[1]):
                 args = (args[0], "handler") + tuple(args[2:])

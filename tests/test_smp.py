@@ -417,7 +417,8 @@ SDEI_PER_PE = "\n".join(
     + sdei(0x28, 0) + ["mov x21, x0"]                  # EVENT_STATUS(0) on PE 0
     + sdei(0x2F, 0, 2) + ["mov x22, x0"]               # EVENT_SIGNAL to PE 2: no such PE
     + sdei(0x2F, 0, 0) + ["mov x23, x0"]               # to PE 0, where event 0 is unregistered
-    + sdei(0x2F, 0, 1) + ["mov x24, x0"]               # to PE 1
+    + sdei(0x2F, 0, 0x101) + ["mov x25, x0"]           # Aff1 = 1: no such PE
+    + sdei(0x2F, 0, (1 << 31) | 1) + ["mov x24, x0"]   # to PE 1, by its MPIDR_EL1 value (RES1 bit 31)
     + ["adr x5, got", "2: ldr x6, [x5]", "cbz x6, 2b", "mov x0, x6", "brk #0",
        "secondary:", "adr x2, handler"]
     + mov64("x0", 0xC4000021) + ["mov x1, #0", "mov x3, #0", "mov x4, #0", "hvc #0"]   # REGISTER(0, handler)
@@ -439,7 +440,8 @@ def test_sdei_events_are_private_to_each_pe_and_signal_reaches_the_target_pe():
     assert m.reg("x21") == 0                          # ...and not on PE 0
     assert m.reg("x22") == (1 << 64) - 2              # INVALID_PARAMETERS
     assert m.reg("x23") == (1 << 64) - 3              # DENIED (lab choice)
-    assert m.reg("x24") == 0
+    assert m.reg("x25") == (1 << 64) - 2              # INVALID_PARAMETERS
+    assert m.reg("x24") == 0                          # only the affinity fields count (TF-A)
     assert m.reg("x0") == 0x101                       # the handler ran on vCPU 1
     assert [r.get("vcpu") for r in m.trace.select("sdei_dispatch")] == [1]
     assert m.sdei_of(1) is not m.sdei
