@@ -37,7 +37,7 @@ SDEI_PE_UNMASK = 0xC400002C
 SDEI_INTERRUPT_BIND = 0xC400002D
 SDEI_INTERRUPT_RELEASE = 0xC400002E
 SDEI_EVENT_SIGNAL = 0xC400002F
-MPIDR_AFFINITY_MASK = 0xFF_00FF_FFFF   # Aff3 [39:32], Aff2-Aff0 [23:0]
+MPIDR_FORMAT_BITS = 1 << 31 | 1 << 30 | 1 << 24   # RES1, U, MT: not part of the PE's name
 SDEI_FEATURES = 0xC4000030
 SDEI_PRIVATE_RESET = 0xC4000031
 SDEI_SHARED_RESET = 0xC4000032
@@ -539,13 +539,16 @@ class SdeiService:
 
     def _signal(self, vcpu, call: Call) -> int:
         ev = self._event(call.arg(1))
-        # x2 is the target PE's MPIDR; as TF-A's plat_core_pos_by_mpidr, only the affinity
-        # fields count (bit 31 RES1 and U may be set: a value read from MPIDR_EL1 works).
-        # vCPU i is Aff0 = i; ``peers`` are the dispatchers of every PE (one vCPU: just this).
+        # x2 is the target PE's MPIDR: its affinity fields name the PE, as in TF-A's
+        # plat_core_pos_by_mpidr, and bits 31 (RES1), 30 (U) and 24 (MT) may be set, so a
+        # value read from MPIDR_EL1 works. A RES0 bit set is INVALID_PARAMETERS here (TF-A
+        # masks it off: docs/REFERENCES.md). vCPU i is Aff0 = i; ``peers`` are every PE's
+        # dispatchers (one vCPU: just this one).
         peers = self.peers or [self]
-        mpidr = call.arg(2) & MPIDR_AFFINITY_MASK
-        target = mpidr & 0xFF
-        if ev is None or not ev.defn.signalable or mpidr != target or target >= len(peers):
+        x2 = call.arg(2)
+        target = x2 & 0xFF
+        valid = x2 & ~MPIDR_FORMAT_BITS == target
+        if ev is None or not ev.defn.signalable or not valid or target >= len(peers):
             return INVALID_PARAMETERS     # only event 0, only to a PE that exists
         pe = peers[target]
         tev = pe.events[ev.defn.number]   # event 0 is private: the target PE's own

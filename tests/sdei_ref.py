@@ -160,9 +160,9 @@ UNTOUCHED = object()     # kvm-v7's COMPLETE with nothing running: x0 keeps the 
 RAM = (0x4000_0000, 0x4100_0000)     # the guest RAM the tests use by default: 16 MiB at 0x40000000
 BOUND_BASE, BIND_SLOTS = 1000, 2     # docs/REFERENCES.md ("SDEI"): bound events numbered from 1000, 2 PPI slots
 def target_pe(mpidr: int) -> int | None:
-    """EVENT_SIGNAL's x2: an MPIDR whose affinity fields alone count (TF-A
-    ``plat_core_pos_by_mpidr``); PE i has Aff0 = i and Aff1-Aff3 = 0. None: no such PE."""
-    aff = mpidr & 0xFF_00FF_FFFF
+    """EVENT_SIGNAL's x2: an MPIDR (RES1 bit 31, U and MT may be set); PE i has Aff0 = i and
+    Aff1-Aff3 = 0; any other bit set names no PE (None; TF-A would mask RES0 bits off)."""
+    aff = mpidr & ~(1 << 31 | 1 << 30 | 1 << 24)
     return aff if aff <= 0xFF else None
 
 
