@@ -26,27 +26,34 @@ from apflab.psci import CPU_ON_64
 TARGET = 0.8
 
 
-def _source(n: int) -> str:
+def _harness(n: int, body: str, code: list[str], data: list[str]) -> str:
+    """vCPU 0 starts vCPUs 1..n-1 (CPU_ON, context id = index), every vCPU calls ``body`` (in
+    ``code``) with x0 = its index, the secondaries count themselves into ``done`` and park;
+    vCPU 0 waits for them and stops with ``brk #0``. ``data`` follows ``done``."""
     lines = ["_start:"]
     for i in range(1, n):
         lines += [f"    movz x0, #{CPU_ON_64 >> 16:#x}, lsl #16", f"    movk x0, #{CPU_ON_64 & 0xFFFF:#x}",
                   f"    mov x1, #{i}", "    adr x2, worker", f"    mov x3, #{i}", "    hvc #0",
                   "    cbnz x0, failed"]
-    lines += ["    mov x0, #0", "    bl work",                      # vCPU 0 does its share too
+    lines += ["    mov x0, #0", f"    bl {body}",                   # vCPU 0 does its share too
               "    adr x5, done", f"    mov x6, #{n - 1}",
               "wait:", "    ldr x7, [x5]", "    cmp x7, x6", "    b.ne wait", "    brk #0",
               "failed:", "    brk #0x51",
-              "worker:", "    bl work",
+              "worker:", f"    bl {body}",
               "    adr x5, done",                                  # done += 1 (exclusives)
               "1:  ldxr x7, [x5]", "    add x7, x7, #1", "    stxr w8, x7, [x5]", "    cbnz w8, 1b",
-              "park:", "    wfe", "    b park",
-              # work: x0 = vCPU index; its own counter, x4 iterations
-              "work:", "    adr x2, counters", "    add x2, x2, x0, lsl #6", "    mov x1, #0",
-              "    adr x4, share", "    ldr x4, [x4]",
-              "2:  ldr x3, [x2]", "    add x3, x3, #1", "    str x3, [x2]", "    add x1, x1, #1",
-              "    cmp x1, x4", "    b.ne 2b", "    ret",
-              "    .balign 64", "done: .quad 0", "share: .quad 0", "    .balign 64", "counters: .space 512"]
-    return "\n".join(lines) + "\n"
+              "park:", "    wfe", "    b park"]
+    return "\n".join(lines + code + ["    .balign 64", "done: .quad 0"] + data) + "\n"
+
+
+def _source(n: int) -> str:
+    # work: x0 = vCPU index; its own counter, x4 iterations
+    return _harness(n, "work", [
+        "work:", "    adr x2, counters", "    add x2, x2, x0, lsl #6", "    mov x1, #0",
+        "    adr x4, share", "    ldr x4, [x4]",
+        "2:  ldr x3, [x2]", "    add x3, x3, #1", "    str x3, [x2]", "    add x1, x1, #1",
+        "    cmp x1, x4", "    b.ne 2b", "    ret"],
+        ["share: .quad 0", "    .balign 64", "counters: .space 512"])
 
 
 def _run(n: int, iterations: int) -> tuple[float, int]:
@@ -84,24 +91,12 @@ def _memory_per_vcpu() -> float:
 
 
 def _fault_source(n: int) -> str:
-    lines = ["_start:"]
-    for i in range(1, n):
-        lines += [f"    movz x0, #{CPU_ON_64 >> 16:#x}, lsl #16", f"    movk x0, #{CPU_ON_64 & 0xFFFF:#x}",
-                  f"    mov x1, #{i}", "    adr x2, worker", f"    mov x3, #{i}", "    hvc #0",
-                  "    cbnz x0, failed"]
-    lines += ["    mov x0, #0", "    bl touch",
-              "    adr x5, done", f"    mov x6, #{n - 1}",
-              "wait:", "    ldr x7, [x5]", "    cmp x7, x6", "    b.ne wait", "    brk #0",
-              "failed:", "    brk #0x51",
-              "worker:", "    bl touch", "    adr x5, done",
-              "1:  ldxr x7, [x5]", "    add x7, x7, #1", "    stxr w8, x7, [x5]", "    cbnz w8, 1b",
-              "park:", "    wfe", "    b park",
-              # touch: x0 = vCPU index; one store into each page of its part of the buffer
-              "touch:", "    adr x4, share", "    ldr x4, [x4]", "    adr x2, base", "    ldr x2, [x2]",
-              "    mul x3, x0, x4", "    add x2, x2, x3, lsl #12",
-              "2:  str x4, [x2]", "    add x2, x2, #4096", "    subs x4, x4, #1", "    b.ne 2b", "    ret",
-              "    .balign 64", "done: .quad 0", "share: .quad 0", "base: .quad 0"]
-    return "\n".join(lines) + "\n"
+    # touch: x0 = vCPU index; one store into each page of its part of the buffer
+    return _harness(n, "touch", [
+        "touch:", "    adr x4, share", "    ldr x4, [x4]", "    adr x2, base", "    ldr x2, [x2]",
+        "    mul x3, x0, x4", "    add x2, x2, x3, lsl #12",
+        "2:  str x4, [x2]", "    add x2, x2, #4096", "    subs x4, x4, #1", "    b.ne 2b", "    ret"],
+        ["share: .quad 0", "base: .quad 0"])
 
 
 def _run_faults(n: int, npages: int) -> tuple[float, int]:
